@@ -1,0 +1,22 @@
+"""occreid's FastReID adapter. ``import occreid.fastreid`` registers everything, exactly once:
+
+- the datasets of :mod:`occreid.fastreid.datasets` in ``DATASET_REGISTRY``;
+- occreid's config keys (:func:`add_occreid_config`) in FastReID's default config, so that
+  ``fastreid.config.get_cfg()`` knows them and YAML files using them load.
+
+Importing it again (or ``importlib.reload``) changes nothing. In an existing FastReID checkout, the
+one line to add to ``tools/train_net.py`` is ``import occreid.fastreid  # noqa: F401``; use
+:class:`OccReIDTrainer` in place of ``DefaultTrainer`` to get ``DATASETS.SUBSET`` and the checks.
+"""
+
+from fastreid.config.defaults import _C as _fastreid_default_cfg
+
+from .config import add_occreid_config, expand_config_paths
+from .datasets import OccReIDImageDataset, TestOnlyDatasetError, register_datasets
+from .trainer import OccReIDTrainer, ReIDImageDataset, check_checkpoint_matches
+
+register_datasets()
+add_occreid_config(_fastreid_default_cfg)
+
+__all__ = ["add_occreid_config", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
+           "ReIDImageDataset", "check_checkpoint_matches", "register_datasets"]

@@ -1,0 +1,66 @@
+"""occreid's config keys for FastReID, added by :func:`add_occreid_config`.
+
+Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
+
+``DATASETS.SUBSET.TRAIN_IDS`` (int, 0 = all)
+    keep this many training identities (deterministic, see :func:`occreid.data.select_identities`).
+``DATASETS.SUBSET.TEST_IDS`` (int, 0 = all)
+    keep this many query identities, their query images and their gallery images.
+``DATASETS.SUBSET.MODE`` (``"first"`` | ``"random"``), ``DATASETS.SUBSET.SEED`` (int)
+    how identities are chosen.
+
+The subset keys are applied by :class:`occreid.fastreid.OccReIDTrainer` (the trainer of this
+project's ``train_net.py``); FastReID's plain ``DefaultTrainer`` does not read them.
+"""
+
+from fastreid.config import CfgNode as CN
+
+
+def add_occreid_config(cfg):
+    """Add occreid's keys, with their defaults, to a FastReID config, in place, and return it.
+
+    Idempotent: keys already present keep their values. Works on a frozen config too.
+    """
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    if "SUBSET" not in cfg.DATASETS:
+        cfg.DATASETS.SUBSET = CN()
+    sub = cfg.DATASETS.SUBSET
+    for key, value in (("TRAIN_IDS", 0), ("TEST_IDS", 0), ("MODE", "first"), ("SEED", 0)):
+        if key not in sub:
+            sub[key] = value
+    if frozen:
+        cfg.freeze()
+    return cfg
+
+
+#: Path-valued keys in which ``$VAR`` / ``${VAR}`` (e.g. ``${FASTREID_DATASETS}``) and ``~`` are expanded.
+PATH_KEYS = (("MODEL", "BACKBONE", "PRETRAIN_PATH"), ("MODEL", "WEIGHTS"), ("OUTPUT_DIR",))
+
+
+def expand_config_paths(cfg):
+    """Expand environment variables and ``~`` in ``PATH_KEYS`` of ``cfg`` (in place; returns ``cfg``).
+
+    Raises:
+        KeyError: a ``$VAR`` in one of these keys is not set in the environment (names key and variable).
+    """
+    import os
+    import re
+
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    for keys in PATH_KEYS:
+        node = cfg
+        for k in keys[:-1]:
+            node = node[k]
+        value = node[keys[-1]]
+        if not value:
+            continue
+        expanded = os.path.expanduser(os.path.expandvars(value))
+        unset = re.findall(r"\$\{?(\w+)", expanded)
+        if unset:
+            raise KeyError(f"{'.'.join(keys)} = {value!r}: environment variable {unset[0]} is not set")
+        node[keys[-1]] = expanded
+    if frozen:
+        cfg.freeze()
+    return cfg

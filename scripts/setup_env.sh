@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One-command set-up of occreid's development/run environment, used by the README, the Makefile
+# and .ci/run:
+#   1. a virtual environment in .venv (or $OCCREID_VENV),
+#   2. pinned dependencies (scripts/constraints.txt), fastreid 1.4.0 with --no-deps,
+#   3. the reviewed patches in third_party_patches/ applied to fastreid / torchreid,
+#   4. fastreid's Cython ranker (rank_cy / roc_cy) built,
+#   5. occreid installed in editable mode.
+# Idempotent: a second run with nothing changed only checks the environment (a few seconds).
+# Fails loudly (exit 1, naming the file) when a patch neither applies nor is already applied.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${OCCREID_VENV:-$root/.venv}"
+py="$venv/bin/python"
+cons="$root/scripts/constraints.txt"
+reqs="$root/scripts/requirements.txt"
+patches="$root/third_party_patches"
+stamp="$venv/.occreid-setup"
+
+log() { echo "[setup_env] $*"; }
+
+# Everything that decides the environment's content; a change re-runs the pip steps.
+want_hash=$(cat "$cons" "$reqs" "$root/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+
+if [ ! -x "$py" ]; then
+  log "creating virtual environment $venv"
+  python3 -m venv "$venv"
+fi
+export PATH="$venv/bin:$PATH"
+
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
+  log "installing pinned dependencies (first run downloads torch with its CUDA libraries, ~2.8 GB)"
+  "$py" -m pip install --disable-pip-version-check -q -c "$cons" -r "$reqs"
+  log "installing fastreid 1.4.0 without its (torch 1.13) dependency pins"
+  "$py" -m pip install --disable-pip-version-check -q --no-deps -c "$cons" fastreid
+  log "installing occreid (editable)"
+  "$py" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e "$root"
+else
+  log "pinned dependencies already installed"
+fi
+
+site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+
+# Apply each patch once: already applied (reverse applies cleanly) -> skip; applies -> apply; else fail.
+for p in "$patches"/*.patch; do
+  name=$(basename "$p")
+  if patch -p1 -d "$site" --dry-run -R -s -f < "$p" >/dev/null 2>&1; then
+    continue
+  elif patch -p1 -d "$site" --dry-run -s -f < "$p" >/dev/null 2>&1; then
+    patch -p1 -d "$site" -s -f --no-backup-if-mismatch < "$p"
+    log "applied $name"
+  else
+    echo "[setup_env] ERROR: $p does not apply to $site (is the pinned fastreid/torchreid installed?)" >&2
+    patch -p1 -d "$site" --dry-run -f < "$p" >&2 || true
+    exit 1
+  fi
+done
+
+ranker="$site/fastreid/evaluation/rank_cylib"
+if ! ls "$ranker"/rank_cy*.so >/dev/null 2>&1 || ! ls "$ranker"/roc_cy*.so >/dev/null 2>&1; then
+  log "building fastreid's Cython ranker"
+  (cd "$ranker" && "$py" setup.py build_ext --inplace >/dev/null 2>&1 && rm -rf build)
+fi
+
+"$py" -W ignore -c "import fastreid.data, fastreid.engine, torchreid, torchvision, faiss, occreid" \
+  || { echo "[setup_env] ERROR: the environment does not import; remove $venv and re-run" >&2; exit 1; }
+echo "$want_hash" > "$stamp"
+log "ready: $venv (python $("$py" -c 'import sys; print(sys.version.split()[0])'), torch $("$py" -c 'import torch; print(torch.__version__)'))"

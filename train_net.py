@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Train and evaluate a re-identification model: FastReID's train_net with occreid registered.
+
+    python train_net.py --config-file projects/BoT/configs/occluded_duke_osnet_x0_25_cpu.yml
+    python train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model_final.pth
+    python train_net.py --config-file CFG --resume            # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file CFG SOLVER.MAX_EPOCH 2  # trailing KEY VALUE overrides
+
+Runs on the CPU when no GPU is present. Ends by printing Rank-1/5/10, mAP and mINP per test set.
+Datasets are read from $FASTREID_DATASETS (see README "Datasets").
+"""
+
+import logging
+import sys
+import warnings
+
+# fastreid 1.4.0's ToTensor uses torch.ByteStorage.from_buffer, deprecated in torch 2 (harmless, once per worker)
+warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+
+import torch
+from tabulate import tabulate
+
+import occreid.fastreid  # noqa: F401  (registers occreid's datasets and config keys)
+from fastreid.config import get_cfg
+from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.utils.checkpoint import Checkpointer
+from occreid.fastreid import OccReIDTrainer, add_occreid_config, check_checkpoint_matches
+from occreid.fastreid.config import expand_config_paths
+
+logger = logging.getLogger("occreid.train_net")
+
+SUMMARY_METRICS = ("Rank-1", "Rank-5", "Rank-10", "mAP", "mINP")
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_occreid_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    expand_config_paths(cfg)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        print(f"[train_net] MODEL.DEVICE={cfg.MODEL.DEVICE} but no CUDA device is available: using the CPU",
+              file=sys.stderr)
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED:
+        cfg.SOLVER.AMP.ENABLED = False  # FastReID's AMPTrainer needs CUDA
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def summary_table(results):
+    """A table of Rank-1/5/10, mAP, mINP (%) per test set from FastReID's ``test`` results."""
+    if results and all(m in results for m in SUMMARY_METRICS):
+        results = {results.get("dataset", "test"): results}
+    rows = [[name] + [f"{res[m]:.2f}" for m in SUMMARY_METRICS]
+            for name, res in results.items() if isinstance(res, dict) and "mAP" in res]
+    return tabulate(rows, headers=["dataset"] + [f"{m} (%)" for m in SUMMARY_METRICS], tablefmt="github")
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        cfg.defrost()
+        if cfg.MODEL.WEIGHTS:
+            cfg.MODEL.BACKBONE.PRETRAIN = False  # the checkpoint holds the whole model
+        else:
+            logger.info("--eval-only without MODEL.WEIGHTS: evaluating the backbone's pretrained "
+                        "weights (MODEL.BACKBONE.PRETRAIN_PATH) as they are")
+        cfg.freeze()
+        model = OccReIDTrainer.build_model(cfg)
+        if cfg.MODEL.WEIGHTS:
+            check_checkpoint_matches(model, cfg.MODEL.WEIGHTS)
+            Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        results = OccReIDTrainer.test(cfg, model)
+    else:
+        trainer = OccReIDTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    print("\nFinal evaluation:\n" + summary_table(results) + "\n", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
