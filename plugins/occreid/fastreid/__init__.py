@@ -13,10 +13,11 @@ from fastreid.config.defaults import _C as _fastreid_default_cfg
 
 from .config import add_occreid_config, expand_config_paths
 from .datasets import OccReIDImageDataset, TestOnlyDatasetError, register_datasets
+from .evaluator import OccReIDEvaluator
 from .trainer import OccReIDTrainer, ReIDImageDataset, check_checkpoint_matches
 
 register_datasets()
 add_occreid_config(_fastreid_default_cfg)
 
-__all__ = ["add_occreid_config", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
+__all__ = ["add_occreid_config", "expand_config_paths", "OccReIDEvaluator", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
            "ReIDImageDataset", "check_checkpoint_matches", "register_datasets"]

@@ -9,6 +9,14 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
 ``DATASETS.SUBSET.MODE`` (``"first"`` | ``"random"``), ``DATASETS.SUBSET.SEED`` (int)
     how identities are chosen.
 
+``TEST.RERANK.MODE`` (``"fastreid"`` | ``"zhong"``), ``TEST.RERANK.SEARCH`` (``"exact"`` | ``"faiss"`` |
+``"ivf"`` | ``"hnsw"``)
+    with FastReID's ``TEST.RERANK.ENABLED/K1/K2/LAMBDA``: occreid's scalable re-ranking
+    (:func:`occreid.evaluation.rerank.re_ranking`); ``fastreid`` reproduces FastReID's own numbers.
+
+``SOLVER.LOG_PERIOD`` (int, 20)
+    iterations between metric lines in the log (FastReID's trainer prints every 200).
+
 The subset keys are applied by :class:`occreid.fastreid.OccReIDTrainer` (the trainer of this
 project's ``train_net.py``); FastReID's plain ``DefaultTrainer`` does not read them.
 """
@@ -29,6 +37,11 @@ def add_occreid_config(cfg):
     for key, value in (("TRAIN_IDS", 0), ("TEST_IDS", 0), ("MODE", "first"), ("SEED", 0)):
         if key not in sub:
             sub[key] = value
+    if "LOG_PERIOD" not in cfg.SOLVER:
+        cfg.SOLVER.LOG_PERIOD = 20
+    for key, value in (("MODE", "fastreid"), ("SEARCH", "exact")):
+        if key not in cfg.TEST.RERANK:
+            cfg.TEST.RERANK[key] = value
     if frozen:
         cfg.freeze()
     return cfg

@@ -5,6 +5,8 @@ Differences from ``DefaultTrainer`` (everything else, hooks, solver, checkpoints
 - datasets are built here so that ``DATASETS.SUBSET.*`` (deterministic identity subsets) applies to
   any registered dataset, occreid's or FastReID's own;
 - an image that cannot be read raises an error naming its file (:class:`ReIDImageDataset`);
+- metrics are printed every ``SOLVER.LOG_PERIOD`` iterations (FastReID: every 200);
+- evaluation uses :class:`~occreid.fastreid.evaluator.OccReIDEvaluator` (occreid's re-ranking);
 - ``MODEL.WEIGHTS`` is checked against the model before loading: a checkpoint of another model is an
   error naming the file, not a silently half-initialised network (:func:`check_checkpoint_matches`).
 """
@@ -18,10 +20,12 @@ from fastreid.data.build import _root as _fastreid_root
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
-from fastreid.engine import DefaultTrainer
+from fastreid.engine import DefaultTrainer, hooks
 from fastreid.utils import comm
 
 from occreid.data.subset import select_identities, filter_items
+
+from .evaluator import OccReIDEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +121,18 @@ class OccReIDTrainer(DefaultTrainer):
         test_set = ReIDImageDataset(query + gallery, build_transforms(cfg, is_train=False), relabel=False)
         return build_reid_test_loader(test_set=test_set, test_batch_size=cfg.TEST.IMS_PER_BATCH,
                                       num_query=len(query), num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        for h in ret:
+            if isinstance(h, hooks.PeriodicWriter):
+                h._period = self.cfg.SOLVER.LOG_PERIOD  # FastReID hard-codes 200 iterations
+        return ret
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_dir=None):
+        data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
+        return data_loader, OccReIDEvaluator(cfg, num_query, output_dir)
 
     def resume_or_load(self, resume=True):
         weights = self.cfg.MODEL.WEIGHTS

@@ -1,0 +1,212 @@
+"""``occreid index`` / ``occreid search``: a gallery index on disk and retrieval against it.
+
+    occreid index  --config-file CFG [--weights W] (--dataset NAME [--split gallery] | --folder DIR) --out IDX
+    occreid search --config-file CFG [--weights W] --index IDX
+                   (--image IMG | --folder DIR | --dataset NAME [--split query] [--num-queries N])
+                   [--topk 10] [--rerank] [--out OUTDIR]
+
+Features come from a FastReID model built from the config (plus occreid's registrations) and
+``--weights`` (a trained checkpoint; without it, the backbone's ``PRETRAIN_PATH``). The index stores
+a hash of the model (config MODEL section + weights file); searching with another model, or with
+features of another size, is an error. ``search`` prints the top-k (path, distance, pid/camid) and
+writes ``rank_list.png`` and ``rank_list.html`` into ``--out``.
+"""
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+
+logger = logging.getLogger("occreid.cli")
+
+
+def _setup_cfg(args):
+    import occreid.fastreid  # noqa: F401
+    from fastreid.config import get_cfg
+    from occreid.fastreid import add_occreid_config, expand_config_paths
+
+    cfg = add_occreid_config(get_cfg())
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.weights:
+        cfg.MODEL.WEIGHTS = args.weights
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.MODEL.WEIGHTS:
+        cfg.MODEL.BACKBONE.PRETRAIN = False
+    expand_config_paths(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def _file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_hash(cfg):
+    """sha256 of the config's MODEL section (paths and device left out) and of the weights file."""
+    m = cfg.MODEL.clone()
+    m.defrost()
+    weights = m.WEIGHTS or (m.BACKBONE.PRETRAIN_PATH if m.BACKBONE.PRETRAIN else "")
+    m.WEIGHTS, m.DEVICE, m.BACKBONE.PRETRAIN_PATH = "", "", ""
+    h = hashlib.sha256(m.dump().encode())
+    h.update((_file_sha256(weights) if weights else "random-init").encode())
+    return h.hexdigest()
+
+
+def build_feature_model(cfg):
+    """The FastReID model of ``cfg`` in eval mode, with ``MODEL.WEIGHTS`` checked and loaded."""
+    from fastreid.modeling import build_model
+    from fastreid.utils.checkpoint import Checkpointer
+    from occreid.fastreid import check_checkpoint_matches
+
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        check_checkpoint_matches(model, cfg.MODEL.WEIGHTS)
+        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model.eval()
+
+
+@torch.no_grad()
+def extract_features(cfg, model, items, batch_size=64, num_workers=2, desc="features"):
+    """(n, D) float32 features of ``items`` (``(path, pid, camid)``), with a progress bar."""
+    from fastreid.data.build import fast_batch_collator
+    from fastreid.data.transforms import build_transforms
+    from occreid.fastreid import ReIDImageDataset
+    from tqdm import tqdm
+
+    ds = ReIDImageDataset(items, build_transforms(cfg, is_train=False), relabel=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=fast_batch_collator)
+    feats = []
+    for batch in tqdm(loader, desc=desc, unit="batch"):
+        batch["images"] = batch["images"].to(model.device)
+        feats.append(model(batch).float().cpu())
+    return torch.cat(feats).numpy()
+
+
+def _items(args, cfg, default_split):
+    from occreid.data import list_images
+    from occreid.data.common import DatasetFormatError, parse_pid_camid
+
+    if getattr(args, "image", None):
+        if not os.path.isfile(args.image):
+            raise FileNotFoundError(f"query image not found: {args.image}")
+        paths = [args.image]
+    elif args.folder:
+        paths = list_images(args.folder)
+    elif args.dataset:
+        from occreid.fastreid.trainer import OccReIDTrainer
+        split = args.split or default_split
+        if split not in ("query", "gallery"):
+            raise ValueError(f"--split must be query or gallery, got {split!r}")
+        data = OccReIDTrainer._load_dataset(cfg, args.dataset)
+        items = list(data.query if split == "query" else data.gallery)
+        n = getattr(args, "num_queries", 0)
+        if n:
+            items = items[:: max(1, len(items) // n)][:n]  # spread over identities, deterministic
+        return items
+    else:
+        raise ValueError("give --image, --folder or --dataset")
+    items = []
+    for p in paths:
+        try:
+            pid, camid = parse_pid_camid(p)
+        except DatasetFormatError:
+            pid, camid = -1, -1  # free images: no ground truth
+        items.append((p, pid, camid))
+    return items
+
+
+def cmd_index(args):
+    from occreid.evaluation.gallery import GalleryIndex
+
+    cfg = _setup_cfg(args)
+    items = _items(args, cfg, "gallery")
+    model = build_feature_model(cfg)
+    feats = extract_features(cfg, model, items, args.batch_size, args.num_workers, desc="gallery features")
+    gi = GalleryIndex(feats, [i[0] for i in items], [int(i[1]) for i in items], [int(i[2]) for i in items],
+                      metric="cosine" if cfg.TEST.METRIC == "cosine" else "euclidean",
+                      model_hash=model_hash(cfg),
+                      info={"config": os.path.abspath(args.config_file),
+                            "weights": cfg.MODEL.WEIGHTS or cfg.MODEL.BACKBONE.PRETRAIN_PATH,
+                            "source": args.dataset or args.folder, "split": args.split or "gallery"})
+    gi.save(args.out)
+    print(f"indexed {len(items)} images ({gi.dim}-d, {gi.metric}) into {args.out}")
+
+
+def cmd_search(args):
+    from occreid.evaluation.gallery import GalleryIndex
+    from occreid.evaluation.visualize import draw_rank_lists, match_kind, write_rank_html
+
+    cfg = _setup_cfg(args)
+    gi = GalleryIndex.load(args.index, expected_model_hash=model_hash(cfg))
+    items = _items(args, cfg, "query")
+    model = build_feature_model(cfg)
+    feats = extract_features(cfg, model, items, args.batch_size, args.num_workers, desc="query features")
+    results = gi.search(feats, topk=args.topk, rerank=args.rerank)
+    queries = [{"path": p, "pid": int(pid), "camid": int(cam)} for p, pid, cam in items]
+    hits = []
+    for q, res in zip(queries, results):
+        print(f"query {q['path']} (pid {q['pid']}, camid {q['camid']})")
+        for rank, (p, d, pid, cam) in enumerate(zip(res.paths, res.distances, res.pids, res.camids), 1):
+            kind = match_kind(q["pid"], q["camid"], pid, cam)
+            print(f"  {rank:3d}  {d:.4f}  pid {pid:5d}  camid {cam:3d}  {kind:7s}  {p}")
+        kinds = [match_kind(q["pid"], q["camid"], pid, cam) for pid, cam in zip(res.pids, res.camids)]
+        valid = [k for k in kinds if k != "junk"]
+        if valid and valid[0] != "unknown":
+            hits.append(valid[0] == "match")
+    if hits:
+        print(f"top-1 (same-camera matches skipped) correct for {sum(hits)}/{len(hits)} queries")
+    os.makedirs(args.out, exist_ok=True)
+    png = draw_rank_lists(queries, results, os.path.join(args.out, "rank_list.png"))
+    page = write_rank_html(queries, results, os.path.join(args.out, "rank_list.html"))
+    print(f"wrote {png} and {page}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="occreid", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn in (("index", cmd_index), ("search", cmd_search)):
+        s = sub.add_parser(name)
+        s.set_defaults(fn=fn)
+        s.add_argument("--config-file", required=True)
+        s.add_argument("--weights", default="", help="trained checkpoint (MODEL.WEIGHTS)")
+        s.add_argument("--folder", help="a folder of images")
+        s.add_argument("--dataset", help="a registered dataset name (query/gallery split)")
+        s.add_argument("--split", help="query or gallery")
+        s.add_argument("--batch-size", type=int, default=64)
+        s.add_argument("--num-workers", type=int, default=2)
+        if name == "index":
+            s.add_argument("--out", required=True, help="folder to write index.faiss + meta.json")
+        else:
+            s.add_argument("--index", required=True, help="folder written by occreid index")
+            s.add_argument("--image", help="one query image")
+            s.add_argument("--num-queries", type=int, default=0, help="with --dataset: use N queries")
+            s.add_argument("--topk", type=int, default=10)
+            s.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
+            s.add_argument("--out", default="search_out", help="folder for rank_list.png / .html")
+        s.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides")
+    return p
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.WARNING)
+    args = build_parser().parse_args(argv)
+    args.fn(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real data root (../shared, unpacked) and small fixture trees of real JPEGs."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REAL_DATA_ENV = "OCCREID_DATA"
+
+
+@pytest.fixture(scope="session")
+def real_data_root():
+    """The folder ``../shared/tools/unpack_data.sh`` unpacked into (``$OCCREID_DATA``).
+
+    Under CI (``CI=true``) a missing data root is a failure, never a skip."""
+    root = os.environ.get(REAL_DATA_ENV)
+    if not root or not os.path.isdir(os.path.join(root, "Occluded_Duke")):
+        msg = (f"real data not found: set {REAL_DATA_ENV} to the folder printed by "
+               f"../shared/tools/unpack_data.sh (got {root!r})")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
+
+
+def write_jpeg(path, seed=0, size=(64, 32)):
+    """A small random RGB JPEG at ``path`` (folders created)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)).save(path, "JPEG")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_osnet_features(real_data_root):
+    """Features of real Occluded-Duke images from the MSMT17 OSNet x0.25 (torchreid, 512-d):
+    the query images of 40 query identities, the gallery images of those identities, and 600 more
+    gallery images (every 29th) as distractors. Returns (qf, gf, q_pids, g_pids, q_camids, g_camids)."""
+    from occreid.data import parse_occluded_duke, select_identities
+    from occreid.torchreid.features import build_torchreid_model, extract_features
+
+    _, query, gallery = parse_occluded_duke(real_data_root)
+    keep = select_identities((q[1] for q in query), 40)
+    query = [q for q in query if q[1] in keep]
+    gallery = [g for g in gallery if g[1] in keep] + [g for g in gallery[::29] if g[1] not in keep][:600]
+    model = build_torchreid_model("osnet_x0_25", os.path.join(real_data_root, "weights", "osnet_x0_25_msmt17.pth"))
+    qf = extract_features(model, [q[0] for q in query])
+    gf = extract_features(model, [g[0] for g in gallery])
+    arr = lambda items, k: np.array([it[k] for it in items])
+    return qf, gf, arr(query, 1), arr(gallery, 1), arr(query, 2), arr(gallery, 2)
