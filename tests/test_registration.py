@@ -1,12 +1,12 @@
 """Registration into FastReID: registries, config keys, test-only sets, checkpoint checks."""
 
-import importlib
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-import occreid.fastreid
 from conftest import write_jpeg
 from fastreid.config import get_cfg
 from fastreid.data.datasets import DATASET_REGISTRY
@@ -22,11 +22,20 @@ NAMES = ["OccludedDuke", "OccludedREID", "PartialREID", "PartialREIDOccluded", "
 def test_datasets_registered_once_and_reimport_is_harmless():
     for name in NAMES:
         assert name in DATASET_REGISTRY._obj_map
-    cls = DATASET_REGISTRY.get("OccludedDuke")
-    importlib.reload(occreid.fastreid.datasets)
-    importlib.reload(occreid.fastreid)
-    occreid.fastreid.register_datasets()
-    assert DATASET_REGISTRY.get("OccludedDuke") is cls  # first registration kept
+    # in a fresh interpreter (a reload here would swap classes under the other tests)
+    code = (
+        "import importlib, occreid.fastreid\n"
+        "from fastreid.data.datasets import DATASET_REGISTRY as R\n"
+        "from fastreid.config import get_cfg\n"
+        "n, cls = len(R._obj_map), R.get('OccludedDuke')\n"
+        "import occreid.fastreid\n"
+        "importlib.reload(occreid.fastreid.datasets); importlib.reload(occreid.fastreid)\n"
+        "occreid.fastreid.register_datasets()\n"
+        "assert len(R._obj_map) == n and R.get('OccludedDuke') is cls\n"
+        "assert get_cfg().DATASETS.SUBSET.TRAIN_IDS == 0\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_config_keys_in_fastreid_defaults_and_unknown_keys_fail(tmp_path):

@@ -70,7 +70,9 @@ class GalleryIndex:
         if self.metric not in ("euclidean", "cosine"):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
         if self.metric == "cosine":
-            self.features = _normalize(self.features)
+            norms = np.linalg.norm(self.features, axis=1)
+            if n and np.abs(norms - 1).max() > 1e-5:  # already unit vectors (e.g. loaded): keep bits
+                self.features = _normalize(self.features)
 
     @property
     def dim(self) -> int:

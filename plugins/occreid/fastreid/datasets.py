@@ -17,6 +17,8 @@ from occreid.data import parsers
 class TestOnlyDatasetError(ValueError):
     """A test-only dataset was asked for its training split (named in ``DATASETS.NAMES``)."""
 
+    __test__ = False  # not a pytest test class
+
 
 class OccReIDImageDataset(ImageDataset):
     """FastReID ``ImageDataset`` over an occreid parser (set ``parser`` and ``dataset_name`` in subclasses).
