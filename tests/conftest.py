@@ -36,11 +36,18 @@ def write_jpeg(path, seed=0, size=(64, 32)):
 def real_osnet_features(real_data_root):
     """Features of real Occluded-Duke images from the MSMT17 OSNet x0.25 (torchreid, 512-d):
     the query images of 40 query identities, the gallery images of those identities, and 600 more
-    gallery images (every 29th) as distractors. Returns (qf, gf, q_pids, g_pids, q_camids, g_camids)."""
+    gallery images (every 29th) as distractors. Returns (qf, gf, q_pids, g_pids, q_camids, g_camids).
+
+    Gallery files that are copies of query files (1,870 in Occluded-Duke, ignored by the standard
+    protocol as same id + same camera) are left out: exact duplicate features make distances tie,
+    and at a tie Zhong's reference code depends on the order of NumPy's unstable argsort, so no
+    other implementation can reproduce it bit for bit (README, "Re-ranking")."""
     from occreid.data import parse_occluded_duke, select_identities
     from occreid.torchreid.features import build_torchreid_model, extract_features
 
     _, query, gallery = parse_occluded_duke(real_data_root)
+    query_names = {os.path.basename(q[0]) for q in query}
+    gallery = [g for g in gallery if os.path.basename(g[0]) not in query_names]
     keep = select_identities((q[1] for q in query), 40)
     query = [q for q in query if q[1] in keep]
     gallery = [g for g in gallery if g[1] in keep] + [g for g in gallery[::29] if g[1] not in keep][:600]
