@@ -49,10 +49,11 @@ def setup(args):
     return cfg
 
 
-def summary_table(results):
-    """A table of Rank-1/5/10, mAP, mINP (%) per test set from FastReID's ``test`` results."""
+def summary_table(results, test_names):
+    """A table of Rank-1/5/10, mAP, mINP (%) per test set from FastReID's ``test`` results
+    (a dict of metrics when there is one test set, else a dict of them by dataset name)."""
     if results and all(m in results for m in SUMMARY_METRICS):
-        results = {results.get("dataset", "test"): results}
+        results = {test_names[0]: results}
     rows = [[name] + [f"{res[m]:.2f}" for m in SUMMARY_METRICS]
             for name, res in results.items() if isinstance(res, dict) and "mAP" in res]
     return tabulate(rows, headers=["dataset"] + [f"{m} (%)" for m in SUMMARY_METRICS], tablefmt="github")
@@ -77,7 +78,7 @@ def main(args):
         trainer = OccReIDTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
-    print("\nFinal evaluation:\n" + summary_table(results) + "\n", flush=True)
+    print("\nFinal evaluation:\n" + summary_table(results, cfg.DATASETS.TESTS) + "\n", flush=True)
     return results
 
 
