@@ -6,8 +6,9 @@ All in one process on the same features: real 512-d features of full Occluded-Du
 them for N = 2k / 5k, and synthetic features with the real features' dimension and neighbour
 structure for N >= 100k (real identity means, jittered, plus real within-identity residuals).
 
-For each run: wall time, peak memory (the process's resident-set high-water mark, reset before
-each run through /proc/self/clear_refs, minus the resident set before it), and Rank-1 / mAP. Ratios
+For each run: wall time, peak memory (the largest resident set sampled every 5 ms by a thread
+while the run lasts, minus the resident set before it; the output array included), and Rank-1 /
+mAP. Ratios
 are against the references run in the same process. Timings on a shared machine vary by ~10%.
 
     python benchmarks/rerank.py --data $OCCREID_DATA --out benchmarks/results/rerank_cpu.md
@@ -18,6 +19,7 @@ import gc
 import os
 import platform
 import sys
+import threading
 import time
 
 import numpy as np
@@ -26,28 +28,34 @@ import torch
 from occreid.evaluation.rerank import re_ranking, re_ranking_topk
 
 
-def _status_kb(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
+def _rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(fn):
-    """(result, seconds, peak extra memory in MiB) of ``fn()``."""
+def measure(fn, interval=0.005):
+    """(result, seconds, peak extra resident memory in MiB) of ``fn()``: a thread samples the
+    process's resident set every ``interval`` seconds while ``fn`` runs; the peak is measured
+    against the resident set just before the call (so it includes ``fn``'s output)."""
     gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-    except OSError:
-        pass
-    before = _status_kb("VmRSS")
+    before = _rss_mib()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(interval)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
     t = time.perf_counter()
     out = fn()
     sec = time.perf_counter() - t
-    peak = (_status_kb("VmHWM") - before) / 1024
-    return out, sec, peak
+    done.set()
+    th.join()
+    peak[0] = max(peak[0], _rss_mib())
+    return out, sec, peak[0] - before
 
 
 def real_features(data, cache):

@@ -115,7 +115,7 @@ def test_topk_matches_dense_block_without_it():
     q, g = feats[:90], feats[90:]
     dense = re_ranking(q, g)
     idx, dist = re_ranking_topk(q, g, topk=7, chunk=16)
-    np.testing.assert_allclose(dist, np.sort(dense, 1)[:, :7], rtol=1e-6)
+    np.testing.assert_allclose(dist, np.sort(dense, 1)[:, :7], rtol=1e-5)  # chunks round differently
     np.testing.assert_allclose(np.take_along_axis(dense, idx, 1), dist, rtol=1e-5)  # chunking rounds differently
 
 

@@ -78,25 +78,36 @@ class NeighbourPass:
 
 
 def _sq_dist_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    d = torch.addmm(a_sq[:, None] + b_sq[None, :], a, b.t(), beta=1.0, alpha=-2.0)
+    """(m, n) squared l2 distances ``|a|^2 + |b|^2 - 2 a.b``, clamped at 0. On the CPU the product
+    goes through NumPy's BLAS (faster than torch's MKL here for this shape); on CUDA through torch."""
+    if a.is_cuda:
+        return torch.addmm(a_sq[:, None] + b_sq[None, :], a, b.t(), beta=1.0, alpha=-2.0).clamp_(min=0)
+    d = torch.from_numpy(a.numpy() @ b.numpy().T)
+    d.mul_(-2.0).add_(a_sq[:, None]).add_(b_sq[None, :])
     return d.clamp_(min=0)
 
 
 def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progress: bool = False) -> NeighbourPass:
     """Exact k-NN and row maxima of squared l2 distances in one blocked pass (flat brute force).
 
-    Each block of rows is one GEMM against all N points (on the features' device, CPU or CUDA);
-    it gives both the k smallest distances and the largest one, so the row normalisation of Zhong's
-    code costs no second pass. Time O(N^2 D), memory O(block x N + N x k).
+    Each block of rows is one matrix product against all N points, of the augmented vectors
+    ``[x_i, 1]`` and ``[-2 x_j, |x_j|^2]``, which gives ``|x_j|^2 - 2 x_i.x_j = d(i, j) - |x_i|^2``
+    directly: the same order per row as d, so the k smallest and the largest come out of the one
+    product, and the row normalisation of Zhong's code costs no second pass. The self distance is set
+    to exactly 0. Time O(N^2 D), memory O(block x N + N x (k + D)). Runs on the features' device.
 
     Args:
-        feats: (N, D) float32.
+        feats: (N, D) float32, CPU or CUDA.
         k: neighbours per point (<= N).
-        block: rows per GEMM block.
+        block: rows per product block.
     """
     n = feats.shape[0]
     k = min(k, n)
     sq = (feats * feats).sum(1)
+    rows = torch.cat([feats, torch.ones(n, 1, dtype=feats.dtype, device=feats.device)], 1)
+    cols = torch.cat([-2.0 * feats, sq[:, None]], 1)
+    if not feats.is_cuda:
+        rows_np, cols_t = rows.numpy(), cols.numpy().T
     rank = np.empty((n, k), dtype=np.int64)
     knn = np.empty((n, k), dtype=np.float32)
     row_max = np.empty(n, dtype=np.float32)
@@ -106,12 +117,15 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
         starts = tqdm(starts, desc="k-NN + row max", unit="block")
     for s in starts:
         e = min(s + block, n)
-        d = _sq_dist_block(feats[s:e], feats, sq[s:e], sq)
-        d[torch.arange(e - s), torch.arange(s, e)] = 0.0  # the exact self distance
-        vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
+        if feats.is_cuda:
+            m = rows[s:e] @ cols.t()
+        else:
+            m = torch.from_numpy(rows_np[s:e] @ cols_t)
+        m[torch.arange(e - s), torch.arange(s, e)] = -sq[s:e]  # exactly d(i, i) = 0
+        vals, idx = torch.topk(m, k, dim=1, largest=False, sorted=True)
         rank[s:e] = idx.cpu().numpy()
-        knn[s:e] = vals.cpu().numpy()
-        row_max[s:e] = d.max(1).values.cpu().numpy()
+        knn[s:e] = (vals + sq[s:e, None]).clamp_(min=0).cpu().numpy()
+        row_max[s:e] = (m.max(1).values + sq[s:e]).cpu().numpy()
     return NeighbourPass(rank, knn, row_max)
 
 
@@ -222,30 +236,35 @@ def expanded_sets(r_full: np.ndarray, r_half: np.ndarray, chunk: int = 8192) -> 
     return out
 
 
-def encode_v(feats: torch.Tensor, sets: np.ndarray, scale: np.ndarray, chunk: int = 256) -> sp.csr_matrix:
+def encode_v(feats: torch.Tensor, sets: np.ndarray, scale: np.ndarray, rank: Optional[np.ndarray] = None,
+             knn_dist: Optional[np.ndarray] = None, chunk: int = 65536) -> sp.csr_matrix:
     """The sparse k-reciprocal feature matrix V of Eq. 7: ``V[i, j] = exp(-d(i,j) s_i) / Z_i`` for
     j in R*(i), with d the squared l2 distance and s_i = ``scale[i]`` (1 / row max for Zhong's
-    normalisation, 1 for FastReID's). Rows sum to 1. Returns an (N, N) CSR matrix, float32."""
+    normalisation, 1 for FastReID's). Rows sum to 1. Returns an (N, N) CSR matrix, float32.
+
+    Distances of pairs found in ``rank`` / ``knn_dist`` (the neighbour pass) are reused; the other
+    pairs of the sets are computed from the features, ``chunk`` pairs at a time."""
     n = feats.shape[0]
+    rows, pos = np.nonzero(sets >= 0)
+    cols = sets[rows, pos]
+    d = np.empty(len(rows), dtype=np.float32)
+    todo = np.ones(len(rows), dtype=bool)
+    if rank is not None:
+        hit = rank[rows] == cols[:, None]           # (P, k)
+        found = hit.any(1)
+        d[found] = knn_dist[rows[found], hit[found].argmax(1)]
+        todo = ~found
+    idx = np.flatnonzero(todo)
     sq = (feats * feats).sum(1)
-    rows, cols, vals = [], [], []
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        idx = sets[s:e]
-        mask = idx >= 0
-        safe = torch.from_numpy(np.maximum(idx, 0)).to(feats.device)
-        x = feats[s:e]
-        dot = torch.einsum("cd,ckd->ck", x, feats[safe])
-        d = (sq[s:e, None] + sq[safe] - 2 * dot).clamp_(min=0).cpu().numpy()
-        d *= scale[s:e, None]
-        w = np.where(mask, np.exp(-d, dtype=np.float32), 0.0).astype(np.float32)
-        w /= w.sum(1, keepdims=True)
-        r, c = np.nonzero(mask)
-        rows.append(r + s)
-        cols.append(idx[r, c])
-        vals.append(w[r, c])
-    rows, cols, vals = (np.concatenate(v) for v in (rows, cols, vals))
-    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float32)
+    for s in range(0, len(idx), chunk):
+        sel = idx[s:s + chunk]
+        ri = torch.from_numpy(rows[sel]).to(feats.device)
+        ci = torch.from_numpy(cols[sel]).to(feats.device)
+        dot = (feats[ri] * feats[ci]).sum(1)
+        d[sel] = (sq[ri] + sq[ci] - 2 * dot).clamp_(min=0).cpu().numpy()
+    w = np.exp(-(d * scale[rows]), dtype=np.float32)
+    w /= np.bincount(rows, weights=w, minlength=n).astype(np.float32)[rows]
+    return sp.csr_matrix((w, (rows, cols)), shape=(n, n), dtype=np.float32)
 
 
 def query_expansion(v: sp.csr_matrix, rank: np.ndarray, k2: int) -> sp.csr_matrix:
@@ -324,7 +343,7 @@ class _Reranker:
         self.scale = 1.0 / self.row_max if mode == "zhong" else np.ones_like(self.row_max)
         r_full = reciprocal_sets(nbr.rank, n_fwd)
         r_half = reciprocal_sets(nbr.rank, n_half)
-        v = encode_v(self.feats, expanded_sets(r_full, r_half), self.scale)
+        v = encode_v(self.feats, expanded_sets(r_full, r_half), self.scale, nbr.rank, nbr.knn_dist)
         v = query_expansion(v, nbr.rank, k2)
         self.vq = v[: self.q]
         self.vg = v[self.q:].tocsc()
