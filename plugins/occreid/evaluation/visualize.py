@@ -56,7 +56,7 @@ def draw_rank_lists(queries: Sequence[dict], results: Sequence[SearchResult], ou
         for c, (p, pid, cam, d) in enumerate(zip(res.paths, res.pids, res.camids, res.distances)):
             x = gap + THUMB[0] * (c + 1)
             canvas.paste(_thumb(p, COLORS[match_kind(q["pid"], q["camid"], pid, cam)]), (x, y))
-            draw.text((x + 2, y + THUMB[1]), f"{d:.3f}", fill=(0, 0, 0))
+            draw.text((x + 2, y + THUMB[1]), f"{max(float(d), 0.0):.3f}", fill=(0, 0, 0))
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     canvas.save(out_png)
     return out_png
@@ -79,7 +79,7 @@ def write_rank_html(queries: Sequence[dict], results: Sequence[SearchResult], ou
     for q, res in zip(queries, results):
         row = [img(q["path"], COLORS["query"], f"query pid {q['pid']} cam {q['camid']}")]
         for p, pid, cam, d in zip(res.paths, res.pids, res.camids, res.distances):
-            row.append(img(p, COLORS[match_kind(q["pid"], q["camid"], pid, cam)], f"{d:.3f} pid {pid}"))
+            row.append(img(p, COLORS[match_kind(q["pid"], q["camid"], pid, cam)], f"{max(float(d), 0.0):.3f} pid {pid}"))
         parts.append(f"<div class='row' title='{html.escape(q['path'])}'>{''.join(row)}</div>")
     os.makedirs(os.path.dirname(os.path.abspath(out_html)), exist_ok=True)
     with open(out_html, "w") as f:

@@ -162,7 +162,7 @@ def cmd_search(args):
         print(f"query {q['path']} (pid {q['pid']}, camid {q['camid']})")
         for rank, (p, d, pid, cam) in enumerate(zip(res.paths, res.distances, res.pids, res.camids), 1):
             kind = match_kind(q["pid"], q["camid"], pid, cam)
-            print(f"  {rank:3d}  {d:.4f}  pid {pid:5d}  camid {cam:3d}  {kind:7s}  {p}")
+            print(f"  {rank:3d}  {max(float(d), 0.0):.4f}  pid {pid:5d}  camid {cam:3d}  {kind:7s}  {p}")
         kinds = [match_kind(q["pid"], q["camid"], pid, cam) for pid, cam in zip(res.pids, res.camids)]
         valid = [k for k in kinds if k != "junk"]
         if valid and valid[0] != "unknown":
