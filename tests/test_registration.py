@@ -69,6 +69,7 @@ def _tiny_cfg(**overrides):
     cfg.MODEL.BACKBONE.PRETRAIN = False
     cfg.MODEL.HEADS.WITH_BNNECK = True
     cfg.MODEL.HEADS.NUM_CLASSES = 4
+    cfg.DATALOADER.NUM_WORKERS = 0
     for k, v in overrides.items():
         node = cfg
         *path, last = k.split(".")
