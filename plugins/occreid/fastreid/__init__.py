@@ -1,5 +1,6 @@
 """occreid's FastReID adapter. ``import occreid.fastreid`` registers everything, exactly once:
 
+- the meta-architecture ``OCNet`` in ``META_ARCH_REGISTRY``;
 - the datasets of :mod:`occreid.fastreid.datasets` in ``DATASET_REGISTRY``;
 - occreid's config keys (:func:`add_occreid_config`) in FastReID's default config, so that
   ``fastreid.config.get_cfg()`` knows them and YAML files using them load.
@@ -14,10 +15,12 @@ from fastreid.config.defaults import _C as _fastreid_default_cfg
 from .config import add_occreid_config, expand_config_paths
 from .datasets import OccReIDImageDataset, TestOnlyDatasetError, register_datasets
 from .evaluator import OccReIDEvaluator
+from .ocnet import OCNet, register_ocnet
 from .trainer import OccReIDTrainer, ReIDImageDataset, check_checkpoint_matches
 
 register_datasets()
+register_ocnet()
 add_occreid_config(_fastreid_default_cfg)
 
-__all__ = ["add_occreid_config", "expand_config_paths", "OccReIDEvaluator", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
+__all__ = ["OCNet", "add_occreid_config", "expand_config_paths", "OccReIDEvaluator", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
            "ReIDImageDataset", "check_checkpoint_matches", "register_datasets"]

@@ -14,6 +14,8 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
     with FastReID's ``TEST.RERANK.ENABLED/K1/K2/LAMBDA``: occreid's scalable re-ranking
     (:func:`occreid.evaluation.rerank.re_ranking`); ``fastreid`` reproduces FastReID's own numbers.
 
+``MODEL.OCNET.*``
+    OCNet's keys (:func:`occreid.fastreid.ocnet.add_ocnet_config`).
 ``SOLVER.LOG_PERIOD`` (int, 20)
     iterations between metric lines in the log (FastReID's trainer prints every 200).
 
@@ -42,6 +44,8 @@ def add_occreid_config(cfg):
     for key, value in (("MODE", "fastreid"), ("SEARCH", "exact")):
         if key not in cfg.TEST.RERANK:
             cfg.TEST.RERANK[key] = value
+    from .ocnet import add_ocnet_config
+    add_ocnet_config(cfg)
     if frozen:
         cfg.freeze()
     return cfg

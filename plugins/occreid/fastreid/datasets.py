@@ -69,7 +69,22 @@ PartialiLIDS = _make("PartialiLIDS", parsers.parse_partial_ilids, "partialilids"
 PDukeMTMC = _make("PDukeMTMC", parsers.parse_p_dukemtmc, "pdukemtmc")
 OPReID = _make("OPReID", parsers.parse_opreid, "opreid")
 
-DATASETS = (OccludedDuke, OccludedREID, PartialREID, PartialREIDOccluded, PartialiLIDS, PDukeMTMC, OPReID)
+def _cuhk03(name, labeled):
+    from fastreid.data.datasets.cuhk03 import CUHK03
+
+    def __init__(self, root="datasets", **kwargs):
+        kwargs["cuhk03_labeled"] = labeled
+        CUHK03.__init__(self, root, **kwargs)
+
+    return type(name, (CUHK03,), {"__init__": __init__, "__module__": __name__, "__doc__":
+                                  f"FastReID's CUHK03 with the {'labeled' if labeled else 'detected'} boxes "
+                                  f"(new protocol, split 0), selectable from DATASETS.NAMES."})
+
+
+CUHK03Labeled = _cuhk03("CUHK03Labeled", True)
+CUHK03Detected = _cuhk03("CUHK03Detected", False)
+
+DATASETS = (CUHK03Labeled, CUHK03Detected, OccludedDuke, OccludedREID, PartialREID, PartialREIDOccluded, PartialiLIDS, PDukeMTMC, OPReID)
 
 
 def register_datasets():

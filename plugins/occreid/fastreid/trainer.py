@@ -26,6 +26,10 @@ from fastreid.utils import comm
 from occreid.data.subset import select_identities, filter_items
 
 from .evaluator import OccReIDEvaluator
+from .ocnet import ocnet_distance_from_cfg
+
+#: meta-architectures whose test distance is not the plain metric of their features (name -> cfg -> fn)
+TEST_DISTANCES = {"OCNet": ocnet_distance_from_cfg}
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +136,9 @@ class OccReIDTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None):
         data_loader, num_query = cls.build_test_loader(cfg, dataset_name)
-        return data_loader, OccReIDEvaluator(cfg, num_query, output_dir)
+        distance = TEST_DISTANCES.get(cfg.MODEL.META_ARCHITECTURE)
+        return data_loader, OccReIDEvaluator(cfg, num_query, output_dir,
+                                             distance_fn=distance(cfg) if distance else None)
 
     def resume_or_load(self, resume=True):
         weights = self.cfg.MODEL.WEIGHTS
