@@ -1,0 +1,221 @@
+"""OCNet (Kim et al., ICASSP 2022): modules against hand-computed values, gradients to every branch,
+the meta-architecture's losses and Eq. 4 distance, every paper / ablation config, and an end-to-end
+run on real Occluded-Duke."""
+
+import glob
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from occreid.layers import (CenterFocusModule, ConverterModule, OCNetBranches, RelationAdaptiveModule,
+                            RelationNetwork, center_crop, horizontal_parts)
+from occreid.losses import separation_loss
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "projects", "OCNet", "configs", "**", "*.yml"), recursive=True))
+
+
+def test_separation_loss_hand_values():
+    f_g = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    f_t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])    # cos 1, cos 0
+    f_b = torch.tensor([[-1.0, 0.0], [1.0, 1.0]])   # cos -1, cos 1/sqrt(2)
+    per = separation_loss(f_g, [f_t, f_b], reduction="none")
+    np.testing.assert_allclose(per.numpy(), [2.0 + 0.0, 1.0 + 1.0 + 1 / math.sqrt(2)], rtol=1e-6)
+    assert separation_loss(f_g, [f_t, f_b]).item() == pytest.approx(per.mean().item())
+    with pytest.raises(ValueError, match="at least one part"):
+        separation_loss(f_g, [])
+    with pytest.raises(ValueError, match="differ"):
+        separation_loss(f_g, [torch.zeros(2, 3)])
+
+
+def test_center_crop_and_parts_geometry():
+    x = torch.arange(16 * 8, dtype=torch.float32).view(1, 1, 16, 8)
+    c = center_crop(x, 6)
+    assert c.shape == (1, 1, 6, 6) and c[0, 0, 0, 0].item() == 5 * 8 + 1  # rows 5..10, cols 1..6
+    assert center_crop(x, 2)[0, 0].tolist() == [[59.0, 60.0], [67.0, 68.0]]  # rows 7-8, cols 3-4
+    assert [p.shape[2] for p in horizontal_parts(x, 3)] == [5, 5, 6]
+    top, bottom = horizontal_parts(x, 2)
+    assert torch.equal(torch.cat([top, bottom], 2), x)
+    with pytest.raises(ValueError, match="num_parts"):
+        horizontal_parts(x, 17)
+
+
+def test_cfm_softmax_multiply_add_on_a_tiny_map():
+    x = torch.zeros(1, 2, 4, 4)
+    x[0, 0, 1, 2] = 2 * math.log(3.0)  # inside the central 2x2 (rows 1-2, cols 1-2)
+    x[0, 1, 0, 0] = 100.0              # outside the crop: ignored
+    cfm = CenterFocusModule(2)
+    p = cfm.probability_map(center_crop(x, 2))
+    # channel means in the crop: [[0, ln 3], [0, 0]] -> softmax [[1, 3], [1, 1]] / 6
+    np.testing.assert_allclose(p[0, 0].numpy(), [[1 / 6, 3 / 6], [1 / 6, 1 / 6]], rtol=1e-6)
+    out = cfm(x)
+    assert out.shape == (1, 2, 2, 2)
+    np.testing.assert_allclose(out[0, 0].numpy(), [[0, 2 * math.log(3) * 1.5], [0, 0]], rtol=1e-6)
+    assert torch.all(out[0, 1] == 0)
+
+
+def test_converter_module_is_grouped_and_rejects_bad_groups():
+    cm = ConverterModule(8, 4, groups=2)
+    assert cm.conv.weight.shape == (4, 4, 1, 1)  # each output sees in/groups = 4 channels
+    assert cm(torch.randn(2, 8, 5, 3)).shape == (2, 4, 5, 3)
+    with pytest.raises(ValueError, match="divisible"):
+        ConverterModule(10, 4, groups=4)
+
+
+def test_ram_weights_and_relation_network_shapes():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 4, 6)
+    ram = RelationAdaptiveModule(6, reduction=2)
+    final, w = ram(feats)
+    assert final.shape == w.shape == (3, 24) and torch.all((w > 0) & (w < 1))
+    torch.testing.assert_close(final, feats.flatten(1) * w)
+    # the weight of feature k depends on the others (relations), not on f_k alone
+    other = feats.clone()
+    other[:, 3] += 5.0
+    assert not torch.allclose(ram(other)[1][:, :6], w[:, :6])
+    rn_final, none = RelationNetwork(6)(feats)
+    assert rn_final.shape == (3, 24) and none is None
+
+
+@pytest.mark.parametrize("fusion", ["ram", "concat", "rn"])
+def test_branches_gradients_reach_every_branch(fusion):
+    torch.manual_seed(0)
+    br = OCNetBranches(16, 8, num_parts=3, center_size=2, fusion=fusion, groups=4)
+    fmap = torch.randn(4, 16, 16, 8, requires_grad=True)
+    out = br(fmap)
+    assert out["F_BB"].shape == (4, 16) and out["F_final"].shape == (4, 5 * 8) and len(out["parts"]) == 3
+    (out["F_final"].pow(2).sum() + separation_loss(out["f_g"], out["parts"])).backward()
+    for name, p in br.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert fmap.grad.abs().sum() > 0
+
+
+def test_branch_switches():
+    assert OCNetBranches(16, 8, num_parts=0, use_global=False).out_dim == 8  # Table 2 row 2: f_c only
+    assert OCNetBranches(16, 8, use_cfm=False).out_dim == 24
+    with pytest.raises(ValueError, match="at least one"):
+        OCNetBranches(16, 8, num_parts=0, use_global=False, use_cfm=False)
+    with pytest.raises(ValueError, match="fusion"):
+        OCNetBranches(16, 8, fusion="attention")
+
+
+def _cfg(path=None, **over):
+    import occreid.fastreid  # noqa: F401
+    from fastreid.config import get_cfg
+    cfg = get_cfg()
+    cfg.merge_from_file(path or os.path.join(REPO, "projects", "OCNet", "configs", "occluded_duke_osnet_x0_25_cpu.yml"))
+    cfg.MODEL.BACKBONE.NAME = "build_osnet_backbone"
+    cfg.MODEL.BACKBONE.DEPTH = "x0_25"
+    cfg.MODEL.BACKBONE.FEAT_DIM = 128
+    cfg.MODEL.BACKBONE.WITH_IBN = False
+    cfg.MODEL.BACKBONE.PRETRAIN = False
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.HEADS.NUM_CLASSES = 4
+    if cfg.MODEL.META_ARCHITECTURE == "OCNet":
+        cfg.MODEL.OCNET.DIM = 32
+    for k, v in over.items():
+        node = cfg
+        *path_, last = k.split(".")
+        for p in path_:
+            node = node[p]
+        node[last] = v
+    return cfg
+
+
+def _batch():
+    return {"images": torch.rand(8, 3, 128, 64) * 255, "targets": torch.arange(4).repeat_interleave(2)}
+
+
+def test_ocnet_losses_follow_eq2_eq3_and_reach_every_parameter():
+    from fastreid.modeling import build_model
+    from fastreid.utils.events import EventStorage
+    torch.manual_seed(0)
+    model = build_model(_cfg()).train()
+    with EventStorage(0):
+        losses = model(_batch())
+    assert set(losses) == {f"loss_{k}_{n}" for k in ("cls", "triplet") for n in ("F_final", "F_BB", "f_g", "f_c")} | {"loss_sl"}
+    sum(losses.values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    # every OCNet parameter (branches, RAM, BNNecks but their frozen biases, classifiers) learns; in the
+    # randomly initialised OSNet a gate whose ReLU is dead for this batch may get none
+    assert [n for n in no_grad if not n.startswith("backbone.")] == []
+    backbone = [n for n, p in model.named_parameters() if n.startswith("backbone.")]
+    assert len([n for n in no_grad if n.startswith("backbone.")]) < 0.05 * len(backbone), no_grad
+    # lambda weights: halving lambda_1 halves F_final's terms
+    model2 = build_model(_cfg(**{"MODEL.OCNET.LAMBDAS": [0.4, 0.5, 0.25, 0.25]})).train()
+    model2.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    b = _batch()
+    with EventStorage(0):
+        l1 = model({k: v.clone() for k, v in b.items()})
+        l2 = model2({k: v.clone() for k, v in b.items()})
+    assert l2["loss_cls_F_final"].item() == pytest.approx(l1["loss_cls_F_final"].item() / 2, rel=1e-4)
+    assert l2["loss_cls_F_BB"].item() == pytest.approx(l1["loss_cls_F_BB"].item(), rel=1e-4)
+
+
+def test_eq4_distance_hand_values():
+    from occreid.fastreid.ocnet import ocnet_distance
+    q = torch.tensor([[0.0, 0.0, 1.0, 1.0]])        # F_final = (0, 0), F_BB = (1, 1)
+    g = torch.tensor([[3.0, 4.0, 1.0, 1.0], [0.0, 0.0, 4.0, 5.0]])
+    np.testing.assert_allclose(ocnet_distance(q, g, split=2, alpha=1.0), [[5.0, 5.0]], rtol=1e-6)
+    np.testing.assert_allclose(ocnet_distance(q, g, split=2, alpha=0.5), [[5.0, 2.5]], rtol=1e-6)
+    np.testing.assert_allclose(ocnet_distance(q, g, split=2, alpha=0.0), [[5.0, 0.0]], atol=1e-6)
+
+
+def test_sl_needs_global_and_parts():
+    from fastreid.modeling import build_model
+    with pytest.raises(ValueError, match="SL needs"):
+        build_model(_cfg(**{"MODEL.OCNET.NUM_PARTS": 0}))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])
+def test_every_paper_and_ablation_config_builds_trains_and_tests(path):
+    from fastreid.modeling import build_model
+    from fastreid.utils.events import EventStorage
+    cfg = _cfg(path)
+    model = build_model(cfg).train()
+    with EventStorage(0):
+        losses = model(_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+    feats = model.eval()(_batch())
+    if cfg.MODEL.META_ARCHITECTURE == "OCNet":
+        from occreid.fastreid.ocnet import ocnet_feature_split
+        assert feats.shape[1] == ocnet_feature_split(cfg) + 128
+
+
+@pytest.mark.slow
+def test_ocnet_trains_and_evaluates_eq4_on_real_occluded_duke(real_data_root, tmp_path, monkeypatch):
+    from fastreid.config import get_cfg
+    from occreid.fastreid import OccReIDTrainer, add_occreid_config
+    from occreid.fastreid.config import expand_config_paths
+    from occreid.fastreid.ocnet import ocnet_distance_from_cfg
+
+    monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    cfg = add_occreid_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, "projects", "OCNet", "configs", "occluded_duke_osnet_x0_25_cpu.yml"))
+    cfg.merge_from_list([
+        "DATASETS.SUBSET.TRAIN_IDS", 24, "DATASETS.SUBSET.TEST_IDS", 30, "DATASETS.SUBSET.MODE", "random",
+        "SOLVER.IMS_PER_BATCH", 32, "SOLVER.WARMUP_ITERS", 0, "DATALOADER.NUM_WORKERS", 1,
+        "OUTPUT_DIR", str(tmp_path)])
+    expand_config_paths(cfg)
+    trainer = OccReIDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+    for key in ("Rank-1", "mAP", "mINP"):
+        assert math.isfinite(results[key]) and 0 <= results[key] <= 100
+    # the evaluator used Eq. 4 on [F_final, F_BB]
+    loader, evaluator = OccReIDTrainer.build_evaluator(trainer.cfg, "OccludedDuke")
+    assert evaluator.distance_fn is not None
+    from fastreid.evaluation import inference_on_dataset
+    inference_on_dataset(trainer.model, loader, evaluator)
+    feats = torch.cat([p["feats"] for p in evaluator._predictions])
+    nq = evaluator._num_query
+    np.testing.assert_allclose(evaluator.last_distance, ocnet_distance_from_cfg(trainer.cfg)(feats[:nq], feats[nq:]),
+                               rtol=1e-5)
