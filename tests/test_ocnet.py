@@ -219,3 +219,18 @@ def test_ocnet_trains_and_evaluates_eq4_on_real_occluded_duke(real_data_root, tm
     nq = evaluator._num_query
     np.testing.assert_allclose(evaluator.last_distance, ocnet_distance_from_cfg(trainer.cfg)(feats[:nq], feats[nq:]),
                                rtol=1e-5)
+
+
+def test_ocnet_checkpoint_loads_for_eval_with_other_class_count(tmp_path):
+    """--eval-only builds the model with NUM_CLASSES 0: only the classifiers differ, which is allowed;
+    a Baseline checkpoint is not an OCNet checkpoint."""
+    from fastreid.modeling import build_model
+    from occreid.fastreid import check_checkpoint_matches
+    trained = build_model(_cfg())
+    path = tmp_path / "ocnet.pth"
+    torch.save({"model": trained.state_dict()}, path)
+    check_checkpoint_matches(build_model(_cfg(**{"MODEL.HEADS.NUM_CLASSES": 0})), str(path))
+    baseline = build_model(_cfg(os.path.join(REPO, "projects", "OCNet", "configs", "ablation", "row1_bot.yml")))
+    torch.save({"model": baseline.state_dict()}, tmp_path / "bot.pth")
+    with pytest.raises(ValueError, match="does not match the model OCNet"):
+        check_checkpoint_matches(trained, str(tmp_path / "bot.pth"))

@@ -33,8 +33,15 @@ TEST_DISTANCES = {"OCNet": ocnet_distance_from_cfg}
 
 logger = logging.getLogger(__name__)
 
-#: Parameters a fine-tuning checkpoint may lack or have in another shape (the identity classifier).
-CLASSIFIER_KEYS = ("heads.weight", "heads.classifier.weight", "heads.classifier.bias")
+#: Parameters a fine-tuning checkpoint may lack or have in another shape (the identity classifier):
+#: FastReID's EmbeddingHead ``heads.weight`` and any ``classifier`` / ``classifiers`` module (OCNet's).
+CLASSIFIER_KEYS = ("heads.weight",)
+
+
+def is_classifier_key(key):
+    """True for the identity-classifier parameters, whose size depends on the number of training ids."""
+    parts = key.split(".")
+    return key in CLASSIFIER_KEYS or "classifier" in parts or "classifiers" in parts
 
 
 def datasets_root():
@@ -57,7 +64,7 @@ def check_checkpoint_matches(model, path):
 
     Loads with ``torch.load(weights_only=True)`` (no pickled code runs). A checkpoint matches when
     every parameter / buffer of the model is present with the same shape, except the identity
-    classifier (``CLASSIFIER_KEYS``), which may differ when fine-tuning on another dataset.
+    classifier (:func:`is_classifier_key`), which may differ when fine-tuning on another dataset.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -73,9 +80,9 @@ def check_checkpoint_matches(model, path):
         raise ValueError(f"checkpoint {path} holds no model state dict")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     own = model.state_dict()
-    missing = [k for k in own if k not in state and k not in CLASSIFIER_KEYS]
+    missing = [k for k in own if k not in state and not is_classifier_key(k)]
     shapes = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in model" for k, v in own.items()
-              if k in state and k not in CLASSIFIER_KEYS and hasattr(state[k], "shape")
+              if k in state and not is_classifier_key(k) and hasattr(state[k], "shape")
               and tuple(state[k].shape) != tuple(v.shape)]
     if missing or shapes:
         raise ValueError(
