@@ -56,3 +56,31 @@ def real_osnet_features(real_data_root):
     gf = extract_features(model, [g[0] for g in gallery])
     arr = lambda items, k: np.array([it[k] for it in items])
     return qf, gf, arr(query, 1), arr(gallery, 1), arr(query, 2), arr(gallery, 2)
+
+
+def train_on_real_subset(config_file, data_root, out_dir, overrides=()):
+    """Train ``config_file`` for one epoch on a deterministic subset of real Occluded-Duke (24 training
+    identities, batch 32 = 8 x 4, no warm-up, test on 40 random query identities) with
+    ``OccReIDTrainer``, the trainer of train_net.py. ``FASTREID_DATASETS`` must point at ``data_root``.
+    Returns ``(trainer, results, per-iteration total losses)``."""
+    import torch
+    from fastreid.config import get_cfg
+    from occreid.fastreid import OccReIDTrainer, add_occreid_config
+    from occreid.fastreid.config import expand_config_paths
+
+    assert os.environ.get("FASTREID_DATASETS") == data_root
+    torch.manual_seed(0)
+    np.random.seed(0)
+    cfg = add_occreid_config(get_cfg())
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list([
+        "DATASETS.SUBSET.TRAIN_IDS", 24, "DATASETS.SUBSET.TEST_IDS", 40, "DATASETS.SUBSET.MODE", "random",
+        "DATASETS.SUBSET.SEED", 3, "SOLVER.IMS_PER_BATCH", 32, "SOLVER.MAX_EPOCH", 1,
+        "SOLVER.WARMUP_ITERS", 0, "TEST.EVAL_PERIOD", 1, "SOLVER.CHECKPOINT_PERIOD", 1,
+        "DATALOADER.NUM_WORKERS", 1, "OUTPUT_DIR", str(out_dir), *overrides])
+    expand_config_paths(cfg)
+    trainer = OccReIDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    return trainer, results, losses

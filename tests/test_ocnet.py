@@ -12,6 +12,7 @@ import torch
 
 from occreid.layers import (CenterFocusModule, ConverterModule, OCNetBranches, RelationAdaptiveModule,
                             RelationNetwork, center_crop, horizontal_parts)
+from conftest import train_on_real_subset
 from occreid.losses import separation_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,12 +117,7 @@ def _cfg(path=None, **over):
     cfg.MODEL.HEADS.NUM_CLASSES = 4
     if cfg.MODEL.META_ARCHITECTURE == "OCNet":
         cfg.MODEL.OCNET.DIM = 32
-    for k, v in over.items():
-        node = cfg
-        *path_, last = k.split(".")
-        for p in path_:
-            node = node[p]
-        node[last] = v
+    cfg.merge_from_list([x for kv in over.items() for x in kv])
     return cfg
 
 
@@ -188,25 +184,12 @@ def test_every_paper_and_ablation_config_builds_trains_and_tests(path):
 
 @pytest.mark.slow
 def test_ocnet_trains_and_evaluates_eq4_on_real_occluded_duke(real_data_root, tmp_path, monkeypatch):
-    from fastreid.config import get_cfg
-    from occreid.fastreid import OccReIDTrainer, add_occreid_config
-    from occreid.fastreid.config import expand_config_paths
+    from occreid.fastreid import OccReIDTrainer
     from occreid.fastreid.ocnet import ocnet_distance_from_cfg
 
     monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    cfg = add_occreid_config(get_cfg())
-    cfg.merge_from_file(os.path.join(REPO, "projects", "OCNet", "configs", "occluded_duke_osnet_x0_25_cpu.yml"))
-    cfg.merge_from_list([
-        "DATASETS.SUBSET.TRAIN_IDS", 24, "DATASETS.SUBSET.TEST_IDS", 30, "DATASETS.SUBSET.MODE", "random",
-        "SOLVER.IMS_PER_BATCH", 32, "SOLVER.WARMUP_ITERS", 0, "DATALOADER.NUM_WORKERS", 1,
-        "OUTPUT_DIR", str(tmp_path)])
-    expand_config_paths(cfg)
-    trainer = OccReIDTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    results = trainer.train()
-    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    trainer, results, losses = train_on_real_subset(
+        os.path.join(REPO, "projects", "OCNet", "configs", "occluded_duke_osnet_x0_25_cpu.yml"), real_data_root, tmp_path)
     assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
     for key in ("Rank-1", "mAP", "mINP"):
         assert math.isfinite(results[key]) and 0 <= results[key] <= 100

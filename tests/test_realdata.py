@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import train_on_real_subset
 from occreid.data import parse_occluded_duke, parse_partial_ilids, parse_partial_reid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,31 +43,13 @@ def test_partial_sets_statistics(real_data_root):
 
 @pytest.mark.slow
 def test_train_and_evaluate_on_real_occluded_duke(real_data_root, tmp_path, monkeypatch):
-    from fastreid.config import get_cfg
-    from occreid.fastreid import OccReIDTrainer, add_occreid_config
-    from occreid.fastreid.config import expand_config_paths
+    from occreid.fastreid import OccReIDTrainer
 
     monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    cfg = add_occreid_config(get_cfg())
-    cfg.merge_from_file(CPU_CONFIG)
-    cfg.merge_from_list([
-        "DATASETS.SUBSET.TRAIN_IDS", 24, "DATASETS.SUBSET.TEST_IDS", 40, "DATASETS.SUBSET.MODE", "random",
-        "DATASETS.SUBSET.SEED", 3,
-        "SOLVER.IMS_PER_BATCH", 32, "SOLVER.MAX_EPOCH", 1, "SOLVER.WARMUP_ITERS", 0,
-        "SOLVER.BASE_LR", 0.00035, "TEST.EVAL_PERIOD", 1, "SOLVER.CHECKPOINT_PERIOD", 1,
-        "DATALOADER.NUM_WORKERS", 1, "OUTPUT_DIR", str(tmp_path),
-    ])
-    expand_config_paths(cfg)
-    trainer = OccReIDTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    iters = trainer.iters_per_epoch
-    assert iters >= 12, iters
-    results = trainer.train()
-
-    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
-    assert len(losses) == iters
+    trainer, results, losses = train_on_real_subset(CPU_CONFIG, real_data_root, tmp_path)
+    cfg = trainer.cfg
+    assert trainer.iters_per_epoch >= 12, trainer.iters_per_epoch
+    assert len(losses) == trainer.iters_per_epoch
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < first, f"loss did not decrease: first iterations {first:.3f}, last {last:.3f}"
 

@@ -1,6 +1,5 @@
 """Registration into FastReID: registries, config keys, test-only sets, checkpoint checks."""
 
-import os
 import subprocess
 import sys
 
@@ -70,12 +69,7 @@ def _tiny_cfg(**overrides):
     cfg.MODEL.HEADS.WITH_BNNECK = True
     cfg.MODEL.HEADS.NUM_CLASSES = 4
     cfg.DATALOADER.NUM_WORKERS = 0
-    for k, v in overrides.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
+    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
     return cfg
 
 

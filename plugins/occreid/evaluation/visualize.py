@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import os
-from typing import List, Optional, Sequence
+from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageOps
 

@@ -19,7 +19,6 @@ import os
 import sys
 import warnings
 
-import numpy as np
 import torch
 
 warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
