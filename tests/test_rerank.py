@@ -189,3 +189,12 @@ def test_fastreid_mode_on_real_osnet_features(real_osnet_features):
     qf, gf = (torch.from_numpy(a) for a in real_osnet_features[:2])
     ref = fastreid_reference(qf, gf)
     assert np.abs(re_ranking(qf, gf, metric="cosine", mode="fastreid") - ref).max() < 1e-4
+
+
+def test_faiss_pass_puts_each_point_first_exactly_once():
+    from occreid.evaluation.rerank import faiss_neighbour_pass
+    x = torch.zeros(6, 4)  # all points tie: faiss may return any order
+    x[3:] = 1.0
+    nb = faiss_neighbour_pass(x, 4)
+    assert nb.rank[:, 0].tolist() == list(range(6))
+    assert all(len(set(r)) == len(r) for r in nb.rank.tolist())

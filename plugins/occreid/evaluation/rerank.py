@@ -164,12 +164,12 @@ def faiss_neighbour_pass(feats: torch.Tensor, k: int, search: str = "faiss", nli
     index.add(x)
     knn, rank = index.search(x, k)
     knn = np.maximum(knn, 0).astype(np.float32)
-    # the point itself first (an approximate index may miss it or order ties differently)
+    # the point itself first, once (an approximate index may miss it, a tie may put it later)
     self_col = rank == np.arange(n)[:, None]
+    order = np.argsort(~self_col, axis=1, kind="stable")  # self (if found) first, others in order
+    rank, knn = np.take_along_axis(rank, order, 1), np.take_along_axis(knn, order, 1)
     missing = ~self_col.any(1)
-    if missing.any():
-        rank[missing, 1:] = rank[missing, :-1]
-        knn[missing, 1:] = knn[missing, :-1]
+    rank[missing, 1:], knn[missing, 1:] = rank[missing, :-1], knn[missing, :-1]
     rank[:, 0] = np.arange(n)
     knn[:, 0] = 0.0
     rng = np.random.default_rng(seed)
