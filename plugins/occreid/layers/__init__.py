@@ -2,8 +2,13 @@
 
 from .center_focus_module import CenterFocusModule, center_crop
 from .converter_module import ConverterModule
+from .dnl_block import DNLBlock
+from .momentum_mean import MomentumMeanFeature
+from .multi_head_classifier import MultiHeadClassifier
 from .ocnet_head import OCNetBranches, horizontal_parts
+from .reconstructive_pooling import ReconstructivePooling
 from .relation_adaptive_module import RelationAdaptiveModule, RelationNetwork
 
 __all__ = ["CenterFocusModule", "center_crop", "ConverterModule", "RelationAdaptiveModule", "RelationNetwork",
-           "OCNetBranches", "horizontal_parts"]
+           "OCNetBranches", "horizontal_parts", "DNLBlock", "ReconstructivePooling", "MomentumMeanFeature",
+           "MultiHeadClassifier"]

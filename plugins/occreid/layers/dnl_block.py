@@ -1,0 +1,49 @@
+"""Disentangled Non-Local block (Yin et al., ECCV 2020), as used by SGR (Yan et al., ICCV 2021, Eq. 1)."""
+
+import math
+
+import torch
+from torch import nn
+
+
+class DNLBlock(nn.Module):
+    """x + BN(W_o sum_j w(f_i, f_j) W_v f_j), with the attention of SGR's Eq. 1:
+
+    ``w(f_i, f_j) = softmax_j((W_q f_i - mu_q)^T (W_k f_j - mu_k) / sqrt(d)) + softmax_j(W_m f_j)``:
+    a whitened pairwise term (means over positions subtracted) and a unary saliency term. The output
+    BN starts at zero (the block starts as the identity, as FastReID's non-local blocks).
+
+    Args:
+        channels: C. reduction: inner size d = C / reduction for query, key and value.
+    Shapes: (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, reduction: int = 2):
+        super().__init__()
+        inner = max(1, channels // reduction)
+        self.query = nn.Conv2d(channels, inner, 1)
+        self.key = nn.Conv2d(channels, inner, 1)
+        self.value = nn.Conv2d(channels, inner, 1)
+        self.unary = nn.Conv2d(channels, 1, 1)
+        self.out = nn.Conv2d(inner, channels, 1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.bn.weight)
+        nn.init.zeros_(self.bn.bias)
+        self.scale = 1.0 / math.sqrt(inner)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, HW, HW) attention w(f_i, f_j), rows i, each the sum of two distributions over j."""
+        b, _, h, w = x.shape
+        q = self.query(x).flatten(2)  # (B, d, HW)
+        k = self.key(x).flatten(2)
+        q = q - q.mean(2, keepdim=True)  # whitening: subtract mu_q, mu_k
+        k = k - k.mean(2, keepdim=True)
+        pairwise = torch.softmax(torch.bmm(q.transpose(1, 2), k) * self.scale, dim=2)  # (B, HW, HW)
+        unary = torch.softmax(self.unary(x).flatten(2), dim=2)  # (B, 1, HW)
+        return pairwise + unary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        v = self.value(x).flatten(2)  # (B, d, HW)
+        y = torch.bmm(v, self.attention(x).transpose(1, 2)).view(b, -1, h, w)  # y_i = sum_j w_ij v_j
+        return x + self.bn(self.out(y))
