@@ -23,8 +23,8 @@ from tabulate import tabulate
 import occreid.fastreid  # noqa: F401  (registers occreid's datasets and config keys)
 from fastreid.config import get_cfg
 from fastreid.engine import default_argument_parser, default_setup, launch
-from fastreid.utils.checkpoint import Checkpointer
-from occreid.fastreid import OccReIDTrainer, add_occreid_config, check_checkpoint_matches
+from occreid.fastreid import OccReIDTrainer, add_occreid_config
+from occreid.fastreid.trainer import load_checked_weights
 from occreid.fastreid.config import expand_config_paths
 
 logger = logging.getLogger("occreid.train_net")
@@ -71,8 +71,7 @@ def main(args):
         cfg.freeze()
         model = OccReIDTrainer.build_model(cfg)
         if cfg.MODEL.WEIGHTS:
-            check_checkpoint_matches(model, cfg.MODEL.WEIGHTS)
-            Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+            load_checked_weights(model, cfg.MODEL.WEIGHTS)
         results = OccReIDTrainer.test(cfg, model)
     else:
         trainer = OccReIDTrainer(cfg)

@@ -67,13 +67,11 @@ def model_hash(cfg):
 def build_feature_model(cfg):
     """The FastReID model of ``cfg`` in eval mode, with ``MODEL.WEIGHTS`` checked and loaded."""
     from fastreid.modeling import build_model
-    from fastreid.utils.checkpoint import Checkpointer
-    from occreid.fastreid import check_checkpoint_matches
+    from occreid.fastreid.trainer import load_checked_weights
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        check_checkpoint_matches(model, cfg.MODEL.WEIGHTS)
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_checked_weights(model, cfg.MODEL.WEIGHTS)
     return model.eval()
 
 

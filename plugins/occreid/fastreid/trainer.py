@@ -23,7 +23,8 @@ from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.utils import comm
 
-from occreid.data.subset import select_identities, filter_items
+from occreid.data.common import ReIDSplits
+from occreid.data.subset import subset_splits
 
 from .evaluator import OccReIDEvaluator
 from .ocnet import ocnet_distance_from_cfg
@@ -91,6 +92,14 @@ def check_checkpoint_matches(model, path):
             f"{(missing + shapes)[:3]}. Was it trained with another config (META_ARCHITECTURE, BACKBONE)?")
 
 
+def load_checked_weights(model, path):
+    """Load the checkpoint at ``path`` into ``model`` after :func:`check_checkpoint_matches`."""
+    from fastreid.utils.checkpoint import Checkpointer
+    check_checkpoint_matches(model, path)
+    Checkpointer(model).load(path)
+    return model
+
+
 class OccReIDTrainer(DefaultTrainer):
     """FastReID ``DefaultTrainer`` with identity subsets, path-naming image errors and checkpoint checks."""
 
@@ -105,10 +114,9 @@ class OccReIDTrainer(DefaultTrainer):
         items = []
         for name in cfg.DATASETS.NAMES:
             data = cls._load_dataset(cfg, name)
-            train = data.train
+            train = subset_splits(ReIDSplits(data.train, [], []), train_ids=sub.TRAIN_IDS,
+                                  mode=sub.MODE, seed=sub.SEED).train
             if sub.TRAIN_IDS:
-                train = filter_items(train, select_identities((t[1] for t in train), sub.TRAIN_IDS,
-                                                              sub.MODE, sub.SEED))
                 logger.info(f"{name}: subset of {sub.TRAIN_IDS} training identities "
                             f"({sub.MODE}, seed {sub.SEED}): {len(train)} images")
             if comm.is_main_process():
@@ -121,11 +129,10 @@ class OccReIDTrainer(DefaultTrainer):
     def build_test_loader(cls, cfg, dataset_name):
         sub = cfg.DATASETS.SUBSET
         data = cls._load_dataset(cfg, dataset_name)
-        query, gallery = data.query, data.gallery
+        _, query, gallery = subset_splits(ReIDSplits([], data.query, data.gallery), test_ids=sub.TEST_IDS,
+                                          mode=sub.MODE, seed=sub.SEED)
         if sub.TEST_IDS:
-            keep = select_identities((q[1] for q in query), sub.TEST_IDS, sub.MODE, sub.SEED)
-            query, gallery = filter_items(query, keep), filter_items(gallery, keep)
-            logger.info(f"{dataset_name}: subset of {len(keep)} query identities: "
+            logger.info(f"{dataset_name}: subset of {len({q[1] for q in query})} query identities: "
                         f"{len(query)} query / {len(gallery)} gallery images")
         elif comm.is_main_process():
             data.show_test()
