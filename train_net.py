@@ -23,6 +23,8 @@ from tabulate import tabulate
 import occreid.fastreid  # noqa: F401  (registers occreid's datasets and config keys)
 from fastreid.config import get_cfg
 from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.utils import comm
+from fastreid.utils.logger import setup_logger
 from occreid.fastreid import OccReIDTrainer, add_occreid_config
 from occreid.fastreid.trainer import load_checked_weights
 from occreid.fastreid.config import expand_config_paths
@@ -46,6 +48,8 @@ def setup(args):
         cfg.SOLVER.AMP.ENABLED = False  # FastReID's AMPTrainer needs CUDA
     cfg.freeze()
     default_setup(cfg, args)
+    # occreid's own messages (identity subsets, re-ranking settings) go to the same console and log file
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="occreid")
     return cfg
 
 
