@@ -109,12 +109,16 @@ def test_momentum_mean_update_and_subtraction_and_checkpoint():
         MomentumMeanFeature(2, beta=1.0)
 
 
-def test_multi_head_classifier():
-    clf = MultiHeadClassifier(4, 3, heads=2, scale=1.0, gamma=0.0)
+def test_multi_head_classifier_follows_tang_et_al():
+    clf = MultiHeadClassifier(4, 3, heads=2, scale=16.0, gamma=1.0)
     with torch.no_grad():
-        clf.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0]]))
+        clf.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 3.0, 3.0, 0.0], [1.0, 0.0, 3.0, 0.0]]))
     z = torch.tensor([[2.0, 0.0, 0.0, 3.0]])
-    # head 1: z1/|z1| = (1, 0); head 2: (0, 1) -> class 0: 1 + 1, class 1: 0 + 0, class 2: 1 + 0
-    np.testing.assert_allclose(clf(z).detach().numpy(), [[2.0, 0.0, 1.0]], atol=1e-6)
+    # heads: z1/|z1| = (1, 0), z2/|z2| = (0, 1); w_{c,h} / (|w_{c,h}| + 1):
+    # class 0: (1,0)/2, (0,1)/2 -> 0.5, 0.5; class 1: (0,3)/4, (3,0)/4 -> 0, 0; class 2: (1,0)/2, (3,0)/4 -> 0.5, 0
+    heads = clf.head_logits(z).detach().numpy()
+    np.testing.assert_allclose(heads, 16 * np.array([[[0.5, 0.0, 0.5]], [[0.5, 0.0, 0.0]]]), atol=1e-6)
+    # Tang et al.'s output: (tau / H) sum_h = mean of the head logits
+    np.testing.assert_allclose(clf(z).detach().numpy(), [[8.0, 0.0, 4.0]], atol=1e-6)
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadClassifier(5, 3, heads=2)

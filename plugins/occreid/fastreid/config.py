@@ -16,6 +16,8 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
 
 ``MODEL.OCNET.*``
     OCNet's keys (:func:`occreid.fastreid.ocnet.add_ocnet_config`).
+``MODEL.SGR.*``, ``INPUT.CBE.*``
+    SGR's keys (:func:`occreid.fastreid.sgr.add_sgr_config`).
 ``SOLVER.LOG_PERIOD`` (int, 20)
     iterations between metric lines in the log (FastReID's trainer prints every 200).
 
@@ -45,7 +47,9 @@ def add_occreid_config(cfg):
         if key not in cfg.TEST.RERANK:
             cfg.TEST.RERANK[key] = value
     from .ocnet import add_ocnet_config
+    from .sgr import add_sgr_config
     add_ocnet_config(cfg)
+    add_sgr_config(cfg)
     if frozen:
         cfg.freeze()
     return cfg
