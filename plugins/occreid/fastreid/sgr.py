@@ -134,8 +134,10 @@ class SGRHead(nn.Module):
     """SGR's head on the final backbone map F (B, C, h, w).
 
     - global feature: ``pool`` (GeM in the paper's FastReID baseline) -> BNNeck; the feature z used by
-      the metric losses, the momentum mean and the test is the BNNeck output (``neck_feat="after"``,
-      FastReID's strong baseline) or the pooled feature (``"before"``);
+      the metric losses, the momentum mean and the test is the pooled feature (``neck_feat="before"``,
+      SGR: "the features after the global pooling", Sec. 3.3) or the BNNeck output (``"after"``, FastReID's
+      strong baseline). The momentum mean of BNNeck outputs is ~0 (training-mode BN centres every
+      channel over the batch), so ME needs ``"before"``;
     - classifier on the BNNeck output: :class:`~occreid.layers.MultiHeadClassifier` (``cls_type=
       "multihead"``, L_c of Eq. 5) or one of FastReID's (``Linear``, ``CircleSoftmax``, ...);
     - reconstructive pooling f_r of F (Eq. 2), training only (``rp``);
@@ -149,7 +151,7 @@ class SGRHead(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, feat_dim, num_classes, pool_type="GeneralizedMeanPoolingP", neck_feat="after",
+    def __init__(self, *, feat_dim, num_classes, pool_type="GeneralizedMeanPoolingP", neck_feat="before",
                  with_bnneck=True, norm_type="BN", cls_type="multihead", cls_heads=2, cls_scale=16.0,
                  cls_gamma=1 / 32, cls_margin=0.0, cls_loss="per_head", rp=True, me=True, me_beta=0.9):
         super().__init__()
@@ -159,6 +161,9 @@ class SGRHead(nn.Module):
             raise ValueError(f"MODEL.HEADS.NECK_FEAT must be 'before' or 'after', got {neck_feat!r}")
         if cls_loss not in ("per_head", "summed"):
             raise ValueError(f"MODEL.SGR.CLS.LOSS must be 'per_head' or 'summed', got {cls_loss!r}")
+        if me and neck_feat == "after":
+            logger.warning("MODEL.SGR.ME.ENABLED with MODEL.HEADS.NECK_FEAT 'after': the momentum mean of "
+                           "BNNeck outputs is close to 0 (BN centres each channel), ME will change little")
         self.pool_layer = getattr(pooling, pool_type)()
         self.neck_feat = neck_feat
         self.bottleneck = get_norm(norm_type, feat_dim, bias_freeze=True) if with_bnneck else nn.Identity()

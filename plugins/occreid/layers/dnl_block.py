@@ -3,6 +3,7 @@
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -31,19 +32,31 @@ class DNLBlock(nn.Module):
         nn.init.zeros_(self.bn.bias)
         self.scale = 1.0 / math.sqrt(inner)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, HW, HW) attention w(f_i, f_j), rows i, each the sum of two distributions over j."""
-        b, _, h, w = x.shape
+    def _terms(self, x: torch.Tensor):
+        """The whitened pairwise term (B, HW, HW) and the unary term (B, 1, HW) of Eq. 1."""
         q = self.query(x).flatten(2)  # (B, d, HW)
         k = self.key(x).flatten(2)
         q = q - q.mean(2, keepdim=True)  # whitening: subtract mu_q, mu_k
         k = k - k.mean(2, keepdim=True)
-        pairwise = torch.softmax(torch.bmm(q.transpose(1, 2), k) * self.scale, dim=2)  # (B, HW, HW)
-        unary = torch.softmax(self.unary(x).flatten(2), dim=2)  # (B, 1, HW)
+        pairwise = torch.softmax(torch.bmm(q.transpose(1, 2), k) * self.scale, dim=2)
+        unary = torch.softmax(self.unary(x).flatten(2), dim=2)
+        return pairwise, unary
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, HW, HW) attention w(f_i, f_j), rows i, each the sum of two distributions over j."""
+        pairwise, unary = self._terms(x)
         return pairwise + unary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        v = self.value(x).flatten(2)  # (B, d, HW)
-        y = torch.bmm(v, self.attention(x).transpose(1, 2)).view(b, -1, h, w)  # y_i = sum_j w_ij v_j
-        return x + self.bn(self.out(y))
+        q = self.query(x).flatten(2)
+        k = self.key(x).flatten(2)
+        q = (q - q.mean(2, keepdim=True)).transpose(1, 2)  # (B, HW, d), whitened
+        k = (k - k.mean(2, keepdim=True)).transpose(1, 2)
+        v = self.value(x).flatten(2)                        # (B, d, HW)
+        # pairwise part: sum_j softmax_j(q_i.k_j / sqrt(d)) v_j, by PyTorch's fused attention (it does
+        # not hold the HW x HW matrix); unary part: sum_j softmax_j(W_m f_j) v_j, the same for every i
+        pairwise = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), scale=self.scale)  # (B, HW, d)
+        unary = torch.bmm(v, torch.softmax(self.unary(x).flatten(2), dim=2).transpose(1, 2))  # (B, d, 1)
+        y = pairwise.transpose(1, 2) + unary
+        return x + self.bn(self.out(y.reshape(b, -1, h, w)))
