@@ -130,8 +130,8 @@ def test_sgr_with_every_component_off_is_fastreids_baseline():
     sgr = build_model(_cfg(os.path.join(SGR_CONFIGS, "ablation", "row2_cbe.yml"), **off)).train()
     base = build_model(_cfg(os.path.join(SGR_CONFIGS, "ablation", "row1_baseline.yml"))).train()
     assert type(base).__name__ == "Baseline" and type(sgr).__name__ == "SGR"
-    state = {k.replace("heads.bottleneck.", "heads.bottleneck.0."): v for k, v in sgr.state_dict().items()
-             if "momentum_mean" not in k}
+    state = {k.replace("heads.bottleneck.", "heads.bottleneck.0.").replace("heads.classifier.", "heads."): v
+             for k, v in sgr.state_dict().items() if "momentum_mean" not in k}
     base.load_state_dict(state)
     b = _batch()
     ls, lb = _losses(sgr, b), _losses(base, b)
@@ -186,7 +186,7 @@ def test_eq5_loss_terms_by_hand():
     model = _build(**{"INPUT.CBE.ENABLED": False}).train()
     b = _batch()
     losses = _losses(model, b)
-    assert set(losses) == {"loss_cls", "loss_bed_gf", "loss_bed_rpf"}
+    assert set(losses) == {"loss_cls", "loss_cls_rpf", "loss_bed_gf", "loss_bed_rpf"}
     out = model.heads(model.backbone((b["images"] - model.pixel_mean) / model.pixel_std), b["targets"])
     y = b["targets"]
     assert losses["loss_bed_gf"].item() == pytest.approx(bed_loss(F.normalize(out["features"]), y, 0.3).item(), rel=1e-5)
@@ -195,10 +195,14 @@ def test_eq5_loss_terms_by_hand():
     assert heads.shape == (2, 8, 4)
     expected = sum(cross_entropy_loss(h, y, 0.1) for h in heads)
     assert losses["loss_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
+    rp_heads = out["rp_cls_outputs"]  # f_r -> its own BNNeck -> its own multi-head classifier
+    assert rp_heads.shape == (2, 8, 4)
+    assert losses["loss_cls_rpf"].item() == pytest.approx(sum(cross_entropy_loss(h, y, 0.1) for h in rp_heads).item(), rel=1e-5)
     # Table 5 switches change the terms
     assert set(_losses(_build(**{"MODEL.SGR.RP.ENABLED": False}).train(), b)) == {"loss_cls", "loss_bed_gf"}
+    assert set(_losses(_build(**{"MODEL.SGR.RP.CLS": False}).train(), b)) == {"loss_cls", "loss_bed_gf", "loss_bed_rpf"}
     assert set(_losses(_build(**{"MODEL.SGR.BED.ENABLED": False}).train(), b)) == {
-        "loss_cls", "loss_triplet_gf", "loss_triplet_rpf"}
+        "loss_cls", "loss_cls_rpf", "loss_triplet_gf", "loss_triplet_rpf"}
     # alpha scales the exponent (Eq. 3)
     m2 = _build(**{"INPUT.CBE.ENABLED": False, "MODEL.SGR.BED.ALPHA": 1.0}).train()
     m2.load_state_dict(model.state_dict())
@@ -218,6 +222,7 @@ def test_gradients_reach_every_sgr_parameter():
                and (not n.startswith("backbone.") or n.startswith(("backbone.conv4.1.", "backbone.conv4.3.")))}
         assert any("conv4.1.query" in n for n in own) and any("heads.rp." in n for n in own)
         assert any("heads.classifier." in n for n in own) and "heads.pool_layer.p" in own
+        assert any("heads.rp_classifier." in n for n in own) and "heads.rp_bottleneck.weight" in own
         return [n for n, p in own.items() if p.grad is None or p.grad.abs().sum() == 0]
 
     # a DNL block's output BN starts at zero: its weight gets a gradient, the convolutions before it not yet

@@ -130,37 +130,78 @@ def insert_dnl_blocks(backbone, layers, reduction=2):
 # --------------------------------------------------------------------------------------------------
 # Head: GeM + BNNeck + classifier, reconstructive pooling, momentum mean
 
+class IdentityClassifier(nn.Module):
+    """Identity classifier on a BNNeck output b (B, C): SGR's multi-head classifier (``cls_type=
+    "multihead"``, :class:`~occreid.layers.MultiHeadClassifier`, L_c of Eq. 5) or one of FastReID's
+    (``Linear``, ``CircleSoftmax``, ``ArcSoftmax``, ``CosSoftmax``, as in its ``EmbeddingHead``).
+
+    ``forward(b, targets)`` returns ``(cls_outputs, pred_class_logits)``: for the multi-head classifier
+    with ``loss="per_head"`` ``cls_outputs`` are the (H, B, N) head logits (one CE each, Eq. 5), with
+    ``"summed"`` their mean (B, N) (Tang et al.); for FastReID's, the margin logits (B, N).
+    Raises: ValueError for an unknown ``cls_type`` or ``loss``.
+    """
+
+    def __init__(self, feat_dim, num_classes, cls_type="multihead", heads=2, scale=16.0, gamma=1 / 32,
+                 margin=0.0, loss="per_head"):
+        super().__init__()
+        if loss not in ("per_head", "summed"):
+            raise ValueError(f"MODEL.SGR.CLS.LOSS must be 'per_head' or 'summed', got {loss!r}")
+        self.loss = loss
+        if cls_type == "multihead":
+            self.multihead = MultiHeadClassifier(feat_dim, num_classes, heads, scale, gamma)
+            self.weight, self.cls_layer = None, None
+        else:
+            if not hasattr(any_softmax, cls_type):
+                raise ValueError(f"classifier {cls_type!r} is neither 'multihead' nor one of FastReID's "
+                                 f"(MODEL.HEADS.CLS_LAYER: Linear, CircleSoftmax, ArcSoftmax, CosSoftmax)")
+            self.multihead = None
+            self.weight = nn.Parameter(torch.empty(num_classes, feat_dim))
+            nn.init.normal_(self.weight, std=0.01)
+            self.cls_layer = getattr(any_softmax, cls_type)(num_classes, scale, margin)
+
+    def forward(self, b, targets):
+        if self.multihead is not None:
+            heads = self.multihead.head_logits(b)   # (H, B, N)
+            pred = heads.mean(0)                    # Tang et al.'s logits
+            return (heads if self.loss == "per_head" else pred), pred
+        if self.cls_layer.__class__.__name__ == "Linear":
+            logits = F.linear(b, self.weight)
+        else:
+            logits = F.linear(F.normalize(b), F.normalize(self.weight))
+        return self.cls_layer(logits.clone(), targets), logits.mul(self.cls_layer.s)
+
+
 class SGRHead(nn.Module):
     """SGR's head on the final backbone map F (B, C, h, w).
 
     - global feature: ``pool`` (GeM in the paper's FastReID baseline) -> BNNeck; the feature z used by
       the metric losses, the momentum mean and the test is the pooled feature (``neck_feat="before"``,
-      SGR: "the features after the global pooling", Sec. 3.3) or the BNNeck output (``"after"``, FastReID's
+      SGR: "the features after the global pooling", Sec. 3.2) or the BNNeck output (``"after"``, FastReID's
       strong baseline). The momentum mean of BNNeck outputs is ~0 (training-mode BN centres every
       channel over the batch), so ME needs ``"before"``;
-    - classifier on the BNNeck output: :class:`~occreid.layers.MultiHeadClassifier` (``cls_type=
-      "multihead"``, L_c of Eq. 5) or one of FastReID's (``Linear``, ``CircleSoftmax``, ...);
-    - reconstructive pooling f_r of F (Eq. 2), training only (``rp``);
+    - :class:`IdentityClassifier` on the BNNeck output (L_c of Eq. 5);
+    - reconstructive pooling f_r of F (Eq. 2), training only (``rp``); with ``rp_cls`` f_r also gets its
+      own BNNeck and identity classifier (Fig. 2: "the BED loss together with the identity loss is
+      applied to both features");
     - momentum mean mu of the normalised z (Eq. 6), updated in every training step with gradients, kept
       as the buffer ``momentum_mean.mean`` (saved in checkpoints); with ``me`` the test feature is
       ``z / |z| - mu``, else z.
 
-    Training output: dict with ``cls_outputs`` ((H, B, N) head logits for ``cls_loss="per_head"``, else
-    (B, N)), ``pred_class_logits`` (B, N), ``features`` z (B, C) and, with ``rp``, ``rp_features`` (B, C).
+    Training output: dict with ``cls_outputs`` (see :class:`IdentityClassifier`), ``pred_class_logits``
+    (B, N), ``features`` z (B, C) and, with ``rp``, ``rp_features`` (B, C) (and ``rp_cls_outputs``).
     Test output: (B, C).
     """
 
     @configurable
     def __init__(self, *, feat_dim, num_classes, pool_type="GeneralizedMeanPoolingP", neck_feat="before",
                  with_bnneck=True, norm_type="BN", cls_type="multihead", cls_heads=2, cls_scale=16.0,
-                 cls_gamma=1 / 32, cls_margin=0.0, cls_loss="per_head", rp=True, me=True, me_beta=0.9):
+                 cls_gamma=1 / 32, cls_margin=0.0, cls_loss="per_head", rp=True, rp_cls=True, me=True,
+                 me_beta=0.9):
         super().__init__()
         if not hasattr(pooling, pool_type):
             raise ValueError(f"MODEL.HEADS.POOL_LAYER {pool_type!r} is not one of FastReID's pooling layers")
         if neck_feat not in ("before", "after"):
             raise ValueError(f"MODEL.HEADS.NECK_FEAT must be 'before' or 'after', got {neck_feat!r}")
-        if cls_loss not in ("per_head", "summed"):
-            raise ValueError(f"MODEL.SGR.CLS.LOSS must be 'per_head' or 'summed', got {cls_loss!r}")
         if me and neck_feat == "after":
             logger.warning("MODEL.SGR.ME.ENABLED with MODEL.HEADS.NECK_FEAT 'after': the momentum mean of "
                            "BNNeck outputs is close to 0 (BN centres each channel), ME will change little")
@@ -168,19 +209,14 @@ class SGRHead(nn.Module):
         self.neck_feat = neck_feat
         self.bottleneck = get_norm(norm_type, feat_dim, bias_freeze=True) if with_bnneck else nn.Identity()
         self.bottleneck.apply(weights_init_kaiming)
-        self.cls_loss = cls_loss
-        if cls_type == "multihead":
-            self.classifier = MultiHeadClassifier(feat_dim, num_classes, cls_heads, cls_scale, cls_gamma)
-            self.weight, self.cls_layer = None, None
-        else:
-            if not hasattr(any_softmax, cls_type):
-                raise ValueError(f"classifier {cls_type!r} is neither 'multihead' nor one of FastReID's "
-                                 f"(MODEL.HEADS.CLS_LAYER: Linear, CircleSoftmax, ArcSoftmax, CosSoftmax)")
-            self.classifier = None
-            self.weight = nn.Parameter(torch.empty(num_classes, feat_dim))
-            nn.init.normal_(self.weight, std=0.01)
-            self.cls_layer = getattr(any_softmax, cls_type)(num_classes, cls_scale, cls_margin)
+        cls_args = (feat_dim, num_classes, cls_type, cls_heads, cls_scale, cls_gamma, cls_margin, cls_loss)
+        self.classifier = IdentityClassifier(*cls_args)
         self.rp = ReconstructivePooling(feat_dim) if rp else None
+        self.rp_bottleneck, self.rp_classifier = None, None
+        if rp and rp_cls:
+            self.rp_bottleneck = get_norm(norm_type, feat_dim, bias_freeze=True) if with_bnneck else nn.Identity()
+            self.rp_bottleneck.apply(weights_init_kaiming)
+            self.rp_classifier = IdentityClassifier(*cls_args)
         self.me = me
         self.momentum_mean = MomentumMeanFeature(feat_dim, me_beta)
 
@@ -196,7 +232,7 @@ class SGRHead(nn.Module):
             "cls_type": "multihead" if multi else h.CLS_LAYER, "cls_heads": s.CLS.HEADS,
             "cls_scale": s.CLS.SCALE if multi else h.SCALE, "cls_gamma": s.CLS.GAMMA,
             "cls_margin": h.MARGIN, "cls_loss": s.CLS.LOSS if multi else "summed",
-            "rp": s.RP.ENABLED, "me": s.ME.ENABLED, "me_beta": s.ME.BETA,
+            "rp": s.RP.ENABLED, "rp_cls": s.RP.CLS, "me": s.ME.ENABLED, "me_beta": s.ME.BETA,
         }
 
     def forward(self, features, targets=None):
@@ -207,20 +243,13 @@ class SGRHead(nn.Module):
             return self.momentum_mean(z) if self.me else z
         if torch.is_grad_enabled():  # not in FastReID's PreciseBN passes
             self.momentum_mean.update(z)
-        if self.classifier is not None:
-            heads = self.classifier.head_logits(bn)          # (H, B, N)
-            pred = heads.mean(0)                              # Tang et al.'s logits
-            cls_outputs = heads if self.cls_loss == "per_head" else pred
-        else:
-            if self.cls_layer.__class__.__name__ == "Linear":
-                logits = F.linear(bn, self.weight)
-            else:
-                logits = F.linear(F.normalize(bn), F.normalize(self.weight))
-            cls_outputs = self.cls_layer(logits.clone(), targets)
-            pred = logits.mul(self.cls_layer.s)
+        cls_outputs, pred = self.classifier(bn, targets)
         out = {"cls_outputs": cls_outputs, "pred_class_logits": pred, "features": z}
         if self.rp is not None:
             out["rp_features"] = self.rp(features)
+            if self.rp_classifier is not None:
+                rb = self.rp_bottleneck(out["rp_features"][..., None, None])[..., 0, 0]
+                out["rp_cls_outputs"] = self.rp_classifier(rb, targets)[0]
         return out
 
 
@@ -232,12 +261,14 @@ class SGR(Baseline):
 
     1. Compound Batch Erasing (Sec. 3.2), when ``cbe_stripes`` is given: the sampled batch X (B images,
        0-255 scale) becomes X_full = [RE(X); BcE(X)] (2B) with the labels repeated, so both halves keep
-       the P x K identities; RE is FastReID's/torchvision's random erasing (probability ``cbe_re_prob``),
+       the P x K identities; RE is Zhong et al.'s random erasing (torchvision's ``RandomErasing``, probability
+       ``cbe_re_prob``, area ``cbe_re_scale`` of the image, aspect ``cbe_re_ratio``),
        BcE erases one of s in ``cbe_stripes`` horizontal stripes in every image of its half.
     2. Loss (Eq. 5): L = L_bed^rpf + L_bed^gf + L_c with L_bed (Eq. 3, :func:`occreid.losses.bed_loss`,
        alpha = ``bed_alpha``) on the l2-normalised (``bed_norm_feat``) reconstructive-pooled and global
        features, over all ordered pairs of the 2B batch; L_c the head's classification loss (sum of the
-       heads' label-smoothing CE for the multi-head classifier). With ``bed_enabled=False`` the metric
+       heads' label-smoothing CE for the multi-head classifier), on the global feature and, with
+       ``MODEL.SGR.RP.CLS``, on f_r too. With ``bed_enabled=False`` the metric
        loss is FastReID's batch-hard triplet (the baseline's), on the same features.
 
     Args (besides ``Baseline``'s backbone, heads, pixel_mean, pixel_std, loss_kwargs):
@@ -248,14 +279,16 @@ class SGR(Baseline):
 
     @configurable
     def __init__(self, *, backbone, heads, pixel_mean, pixel_std, loss_kwargs, cbe_stripes=(6, 7, 8),
-                 cbe_re_prob=0.5, cbe_value=(123.675, 116.28, 103.53), bed_enabled=True, bed_alpha=0.3,
+                 cbe_re_prob=0.5, cbe_re_scale=(0.02, 0.4), cbe_re_ratio=(0.3, 3.33),
+                 cbe_value=(123.675, 116.28, 103.53), bed_enabled=True, bed_alpha=0.3,
                  bed_norm_feat=True):
         super().__init__(backbone=backbone, heads=heads, pixel_mean=pixel_mean, pixel_std=pixel_std,
                          loss_kwargs=loss_kwargs)
         if not isinstance(heads, SGRHead):
             raise ValueError(f"the SGR meta-architecture needs MODEL.HEADS.NAME SGRHead, got {type(heads).__name__}")
         self.batch_erasing = BatchConstantErasing(cbe_stripes, list(cbe_value)) if cbe_stripes else None
-        self.random_erasing = RandomErasing(p=cbe_re_prob, value=list(cbe_value)) if cbe_stripes else None
+        self.random_erasing = RandomErasing(p=cbe_re_prob, scale=tuple(cbe_re_scale), ratio=tuple(cbe_re_ratio),
+                                            value=list(cbe_value)) if cbe_stripes else None
         self.bed_enabled, self.bed_alpha, self.bed_norm_feat = bed_enabled, bed_alpha, bed_norm_feat
 
     @classmethod
@@ -271,6 +304,7 @@ class SGR(Baseline):
         if s.DNL.ENABLED:
             insert_dnl_blocks(args["backbone"], s.DNL.LAYERS, s.DNL.REDUCTION)
         args.update(cbe_stripes=tuple(cbe.STRIPES) if cbe.ENABLED else None, cbe_re_prob=cbe.RE_PROB,
+                    cbe_re_scale=tuple(cbe.RE_SCALE), cbe_re_ratio=tuple(cbe.RE_RATIO),
                     cbe_value=tuple(cbe.VALUE), bed_enabled=s.BED.ENABLED, bed_alpha=s.BED.ALPHA,
                     bed_norm_feat=s.BED.NORM_FEAT)
         return args
@@ -293,9 +327,11 @@ class SGR(Baseline):
         loss = {}
         if "CrossEntropyLoss" in names:
             ce = self.loss_kwargs["ce"]
-            cls = outputs["cls_outputs"]
-            heads = cls if cls.dim() == 3 else cls[None]
-            loss["loss_cls"] = sum(cross_entropy_loss(c, gt_labels, ce["eps"], ce["alpha"]) for c in heads) * ce["scale"]
+            for key, name in (("cls_outputs", "loss_cls"), ("rp_cls_outputs", "loss_cls_rpf")):
+                if key in outputs:
+                    cls = outputs[key]
+                    heads = cls if cls.dim() == 3 else cls[None]  # (H, B, N): one CE per head, summed
+                    loss[name] = sum(cross_entropy_loss(c, gt_labels, ce["eps"], ce["alpha"]) for c in heads) * ce["scale"]
         feats = {"gf": outputs["features"]}
         if "rp_features" in outputs:
             feats["rpf"] = outputs["rp_features"]
@@ -317,13 +353,14 @@ def add_sgr_config(cfg):
     if "SGR" not in cfg.MODEL:
         s = cfg.MODEL.SGR = CN()
         s.DNL = CN({"ENABLED": True, "LAYERS": [0, 2, 3, 0], "REDUCTION": 2})  # Sec. 3.2: 2 / 3 in stages 2 / 3
-        s.RP = CN({"ENABLED": True})                                           # Eq. 2
+        s.RP = CN({"ENABLED": True, "CLS": True})  # Eq. 2; CLS: identity loss on f_r too (Fig. 2 caption)
         s.BED = CN({"ENABLED": True, "ALPHA": 0.3, "NORM_FEAT": True})         # Eq. 3, alpha = 0.3 (Sec. 5.1)
         s.CLS = CN({"NAME": "multihead", "HEADS": 2, "SCALE": 16.0, "GAMMA": 0.03125,  # Eq. 5, H = 2; Tang et al.
                     "LOSS": "per_head"})
         s.ME = CN({"ENABLED": True, "BETA": 0.9})                              # Eq. 6, beta = 0.9
     if "CBE" not in cfg.INPUT:
-        cfg.INPUT.CBE = CN({"ENABLED": False, "STRIPES": [6, 7, 8], "RE_PROB": 0.5,  # Sec. 3.2
+        cfg.INPUT.CBE = CN({"ENABLED": False, "STRIPES": [6, 7, 8],  # Sec. 3.2
+                            "RE_PROB": 0.5, "RE_SCALE": [0.02, 0.4], "RE_RATIO": [0.3, 3.33],  # Zhong et al.
                             "VALUE": [0.485 * 255, 0.456 * 255, 0.406 * 255]})
     return cfg
 

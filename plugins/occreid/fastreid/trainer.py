@@ -35,14 +35,15 @@ TEST_DISTANCES = {"OCNet": ocnet_distance_from_cfg}
 logger = logging.getLogger(__name__)
 
 #: Parameters a fine-tuning checkpoint may lack or have in another shape (the identity classifier):
-#: FastReID's EmbeddingHead ``heads.weight`` and any ``classifier`` / ``classifiers`` module (OCNet's).
+#: FastReID's EmbeddingHead ``heads.weight`` and any module named ``*classifier`` / ``*classifiers`` (OCNet's
+#: ``classifiers``, SGR's ``classifier`` and ``rp_classifier``).
 CLASSIFIER_KEYS = ("heads.weight",)
 
 
 def is_classifier_key(key):
     """True for the identity-classifier parameters, whose size depends on the number of training ids."""
     parts = key.split(".")
-    return key in CLASSIFIER_KEYS or "classifier" in parts or "classifiers" in parts
+    return key in CLASSIFIER_KEYS or any(p.endswith(("classifier", "classifiers")) for p in parts)
 
 
 def datasets_root():

@@ -20,11 +20,12 @@ def bed_loss(features: torch.Tensor, targets: torch.Tensor, alpha: float = 0.3) 
     Args:
         features: (B, D) pooled features z (l2 distance between them, Eq. 3).
         targets: (B,) identity labels.
-    Returns: a scalar.
+    Returns: a scalar (float32).
     """
     b = features.shape[0]
     if b < 2:
         raise ValueError("bed_loss needs at least two samples")
+    features = features.float()  # distances of close pairs need float32 (also under AMP)
     sq = (features * features).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2 * features @ features.t()).clamp(min=1e-12)
     d = d2.sqrt()
