@@ -84,3 +84,17 @@ def train_on_real_subset(config_file, data_root, out_dir, overrides=()):
     results = trainer.train()
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     return trainer, results, losses
+
+
+def tiny_osnet_cfg(path):
+    """The FastReID config of ``path`` on a randomly initialised OSNet x0.25 (128-d), 4 classes, CPU:
+    small enough to build, train a step and test every paper config on 2 cores."""
+    import occreid.fastreid  # noqa: F401
+    from fastreid.config import get_cfg
+    cfg = get_cfg()
+    cfg.merge_from_file(path)
+    b = cfg.MODEL.BACKBONE
+    b.NAME, b.DEPTH, b.FEAT_DIM, b.WITH_IBN, b.PRETRAIN = "build_osnet_backbone", "x0_25", 128, False, False
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.HEADS.NUM_CLASSES = 4
+    return cfg

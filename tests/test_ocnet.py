@@ -12,7 +12,7 @@ import torch
 
 from occreid.layers import (CenterFocusModule, ConverterModule, OCNetBranches, RelationAdaptiveModule,
                             RelationNetwork, center_crop, horizontal_parts)
-from conftest import train_on_real_subset
+from conftest import tiny_osnet_cfg, train_on_real_subset
 from occreid.losses import separation_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,17 +104,7 @@ def test_branch_switches():
 
 
 def _cfg(path=None, **over):
-    import occreid.fastreid  # noqa: F401
-    from fastreid.config import get_cfg
-    cfg = get_cfg()
-    cfg.merge_from_file(path or os.path.join(REPO, "projects", "OCNet", "configs", "occluded_duke_osnet_x0_25_cpu.yml"))
-    cfg.MODEL.BACKBONE.NAME = "build_osnet_backbone"
-    cfg.MODEL.BACKBONE.DEPTH = "x0_25"
-    cfg.MODEL.BACKBONE.FEAT_DIM = 128
-    cfg.MODEL.BACKBONE.WITH_IBN = False
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.HEADS.NUM_CLASSES = 4
+    cfg = tiny_osnet_cfg(path or os.path.join(REPO, "projects", "OCNet", "configs", "occluded_duke_osnet_x0_25_cpu.yml"))
     if cfg.MODEL.META_ARCHITECTURE == "OCNet":
         cfg.MODEL.OCNET.DIM = 32
     cfg.merge_from_list([x for kv in over.items() for x in kv])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import train_on_real_subset
+from conftest import tiny_osnet_cfg, train_on_real_subset
 from occreid.layers import DNLBlock
 from occreid.losses import bed_loss
 
@@ -24,18 +24,8 @@ CPU_CONFIG = os.path.join(SGR_CONFIGS, "occluded_duke_osnet_x0_25_cpu.yml")
 
 def _cfg(path=CPU_CONFIG, **over):
     """A config of ``path`` on a randomly initialised OSNet x0.25, 4 classes, CPU."""
-    import occreid.fastreid  # noqa: F401
-    from fastreid.config import get_cfg
-    cfg = get_cfg()
-    cfg.merge_from_file(path)
-    cfg.MODEL.BACKBONE.NAME = "build_osnet_backbone"
-    cfg.MODEL.BACKBONE.DEPTH = "x0_25"
-    cfg.MODEL.BACKBONE.FEAT_DIM = 128
-    cfg.MODEL.BACKBONE.WITH_IBN = False
-    cfg.MODEL.BACKBONE.PRETRAIN = False
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.HEADS.NUM_CLASSES = 4
-    if "SGR" in cfg.MODEL and cfg.MODEL.META_ARCHITECTURE == "SGR":
+    cfg = tiny_osnet_cfg(path)
+    if cfg.MODEL.META_ARCHITECTURE == "SGR":
         cfg.MODEL.SGR.DNL.LAYERS = [0, 0, 2, 0]  # OSNet's conv4 has two blocks
     cfg.merge_from_list([x for kv in over.items() for x in kv])
     return cfg
