@@ -102,8 +102,12 @@ def insert_dnl_blocks(backbone, layers, reduction=2):
             raise ValueError(f"MODEL.SGR.DNL.LAYERS asks for {n} DNL blocks in {name}, which has {len(blocks)} blocks")
     where = [(name, stage, blocks[len(blocks) - n:]) for (name, stage, blocks), n in zip(stages, layers) if n > 0]
     targets = [stage[i] for _, stage, idx in where for i in idx]
-    channels = iter(_output_channels(backbone, targets)) if targets else iter(())
+    channels = iter(_output_channels(backbone, targets) if targets else [])
     kind = type(backbone).__name__
+    if kind == "ResNet":  # FastReID's Non_local blocks go, in every stage
+        for s in range(1, 5):
+            setattr(backbone, f"NL_{s}", nn.ModuleList())
+            setattr(backbone, f"NL_{s}_idx", [])
     for name, stage, idx in where:
         dnls = [DNLBlock(next(channels), reduction) for _ in idx]
         if kind == "ResNet":  # FastReID's ResNet runs NL_s[k] after block NL_s_idx[k] of layer s
@@ -118,11 +122,6 @@ def insert_dnl_blocks(backbone, layers, reduction=2):
                 if i in after:
                     mods.append(after[i])
             setattr(backbone, name, nn.Sequential(*mods))
-    if kind == "ResNet":  # stages without DNL lose FastReID's Non_local blocks too
-        for s in range(1, 5):
-            if not any(name == f"layer{s}" for name, _, _ in where):
-                setattr(backbone, f"NL_{s}", nn.ModuleList())
-                setattr(backbone, f"NL_{s}_idx", [])
     logger.info("DNL blocks: " + ", ".join(f"{len(idx)} in {name}" for name, _, idx in where))
     return backbone
 
