@@ -10,8 +10,12 @@ Runs on the CPU when no GPU is present. Ends by printing Rank-1/5/10, mAP and mI
 Datasets are read from $FASTREID_DATASETS (see README "Datasets").
 """
 
+import json
 import logging
+import os
+import subprocess
 import sys
+import time
 import warnings
 
 # fastreid 1.4.0's ToTensor uses torch.ByteStorage.from_buffer, deprecated in torch 2 (harmless, once per worker)
@@ -26,7 +30,7 @@ from fastreid.engine import default_argument_parser, default_setup, launch
 from fastreid.utils import comm
 from fastreid.utils.logger import setup_logger
 from occreid.fastreid import OccReIDTrainer, add_occreid_config
-from occreid.fastreid.trainer import load_checked_weights
+from occreid.fastreid.trainer import images_per_step, load_checked_weights, seed_everything
 from occreid.fastreid.config import expand_config_paths
 
 logger = logging.getLogger("occreid.train_net")
@@ -63,9 +67,50 @@ def summary_table(results, test_names):
     return tabulate(rows, headers=["dataset"] + [f"{m} (%)" for m in SUMMARY_METRICS], tablefmt="github")
 
 
+def git_commit():
+    """The commit of this checkout (with ``+dirty`` when it has uncommitted changes), or None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_run_record(cfg, args, results, trainer, wall_seconds):
+    """``OUTPUT_DIR/occreid_run.json``: config file, overrides, commit, seed, images seen, times, metrics
+    per test set (what benchmarks/compare.py collects)."""
+    if not comm.is_main_process():
+        return None
+    if results and all(m in results for m in SUMMARY_METRICS):
+        results = {cfg.DATASETS.TESTS[0]: results}
+    record = {
+        "config_file": args.config_file, "overrides": list(args.opts), "eval_only": bool(args.eval_only),
+        "commit": git_commit(), "seed": cfg.SEED, "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "images_per_step": images_per_step(cfg), "budget_images": cfg.SOLVER.BUDGET_IMAGES,
+        "wall_seconds": round(wall_seconds, 1),
+        "metrics": {name: {k: float(v) for k, v in res.items()} for name, res in (results or {}).items()
+                    if isinstance(res, dict)},
+    }
+    if trainer is not None:
+        record.update(trainer.throughput, iterations=trainer.max_iter)
+    path = os.path.join(cfg.OUTPUT_DIR, "occreid_run.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    logger.info(f"Run record written to {path}")
+    return path
+
+
 def main(args):
+    start = time.time()
     cfg = setup(args)
+    trainer = None
     if args.eval_only:
+        if seed_everything(cfg.SEED):
+            logger.info(f"Seeded python, numpy and torch with SEED {cfg.SEED}")
         cfg.defrost()
         if cfg.MODEL.WEIGHTS:
             cfg.MODEL.BACKBONE.PRETRAIN = False  # the checkpoint holds the whole model
@@ -81,6 +126,7 @@ def main(args):
         trainer = OccReIDTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
+    write_run_record(cfg, args, results, trainer, time.time() - start)
     print("\nFinal evaluation:\n" + summary_table(results, cfg.DATASETS.TESTS) + "\n", flush=True)
     return results
 

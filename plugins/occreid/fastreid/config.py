@@ -18,6 +18,12 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
     OCNet's keys (:func:`occreid.fastreid.ocnet.add_ocnet_config`).
 ``MODEL.SGR.*``, ``INPUT.CBE.*``
     SGR's keys (:func:`occreid.fastreid.sgr.add_sgr_config`).
+``SEED`` (int, -1)
+    seed of python, numpy and torch (data order, augmentation, initialisation); -1 = a random seed
+    (FastReID's behaviour). Applied by :class:`occreid.fastreid.OccReIDTrainer` and train_net.py.
+``SOLVER.BUDGET_IMAGES`` (int, 0 = off)
+    train for this many images seen by the network instead of ``SOLVER.MAX_EPOCH`` epochs
+    (:func:`occreid.fastreid.trainer.budget_iterations`; SGR with CBE sees 2 images per sampled one).
 ``SOLVER.LOG_PERIOD`` (int, 20)
     iterations between metric lines in the log (FastReID's trainer prints every 200).
 
@@ -43,6 +49,10 @@ def add_occreid_config(cfg):
             sub[key] = value
     if "LOG_PERIOD" not in cfg.SOLVER:
         cfg.SOLVER.LOG_PERIOD = 20
+    if "BUDGET_IMAGES" not in cfg.SOLVER:
+        cfg.SOLVER.BUDGET_IMAGES = 0
+    if "SEED" not in cfg:
+        cfg.SEED = -1
     for key, value in (("MODE", "fastreid"), ("SEARCH", "exact")):
         if key not in cfg.TEST.RERANK:
             cfg.TEST.RERANK[key] = value

@@ -8,11 +8,19 @@ Differences from ``DefaultTrainer`` (everything else, hooks, solver, checkpoints
 - metrics are printed every ``SOLVER.LOG_PERIOD`` iterations (FastReID: every 200);
 - evaluation uses :class:`~occreid.fastreid.evaluator.OccReIDEvaluator` (occreid's re-ranking);
 - ``MODEL.WEIGHTS`` is checked against the model before loading: a checkpoint of another model is an
-  error naming the file, not a silently half-initialised network (:func:`check_checkpoint_matches`).
+  error naming the file, not a silently half-initialised network (:func:`check_checkpoint_matches`);
+- ``SEED`` >= 0 seeds python, numpy and torch before the data loader, sampler and model are built
+  (:func:`seed_everything`), so two runs with one seed on the CPU give the same loss curve;
+- ``SOLVER.BUDGET_IMAGES`` > 0 trains for a budget of images seen by the network instead of
+  ``SOLVER.MAX_EPOCH`` epochs (:func:`budget_iterations`): the comparison protocol of
+  ``benchmarks/compare.py``. The number of images seen, the training time and the images per second
+  are kept in ``trainer.throughput`` and written to ``OUTPUT_DIR/occreid_run.json`` by train_net.py.
 """
 
 import logging
+import math
 import os
+import time
 
 import torch
 from fastreid.data import build_reid_test_loader, build_reid_train_loader
@@ -22,12 +30,17 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.utils import comm
+from fastreid.utils.env import seed_all_rng
 
 from occreid.data.common import ReIDSplits
 from occreid.data.subset import subset_splits
 
 from .evaluator import OccReIDEvaluator
 from .ocnet import ocnet_distance_from_cfg
+
+#: meta-architectures whose network sees more images per step than the sampler gives (name -> cfg -> factor):
+#: SGR's Compound Batch Erasing feeds [RE(X); BcE(X)], two copies of the sampled batch X.
+IMAGES_PER_SAMPLE = {"SGR": lambda cfg: 2 if cfg.INPUT.CBE.ENABLED else 1}
 
 #: meta-architectures whose test distance is not the plain metric of their features (name -> cfg -> fn)
 TEST_DISTANCES = {"OCNet": ocnet_distance_from_cfg}
@@ -101,8 +114,111 @@ def load_checked_weights(model, path):
     return model
 
 
+def seed_everything(seed: int) -> bool:
+    """Seed python's ``random``, numpy and torch with ``seed`` (the ``SEED`` key) when it is >= 0.
+
+    FastReID's ``default_setup`` draws a random seed; this runs after it. Data loader workers get
+    deterministic seeds from torch's generator (PyTorch seeds python, numpy and torch in each worker
+    from it) and FastReID's P x K samplers draw their seed from numpy, so both follow. On the CPU two
+    runs with one seed give the same loss curve (tests/test_protocol.py); on a GPU cuDNN's
+    autotuner is switched off and its deterministic algorithms are asked for.
+    Returns True when it seeded, False for a negative seed (random, FastReID's behaviour).
+    """
+    if seed is None or seed < 0:
+        return False
+    seed_all_rng(int(seed))
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    return True
+
+
+def images_per_step(cfg) -> int:
+    """Images the network sees per training step: ``SOLVER.IMS_PER_BATCH`` times the meta-architecture's
+    factor (:data:`IMAGES_PER_SAMPLE`; 2 for SGR with Compound Batch Erasing)."""
+    factor = IMAGES_PER_SAMPLE.get(cfg.MODEL.META_ARCHITECTURE, lambda c: 1)(cfg)
+    return cfg.SOLVER.IMS_PER_BATCH * factor
+
+
+def budget_iterations(cfg) -> int:
+    """Training steps for ``SOLVER.BUDGET_IMAGES`` images seen by the network (floor of budget / images per
+    step). Raises ValueError when the budget is smaller than one step."""
+    per_step = images_per_step(cfg)
+    iters = cfg.SOLVER.BUDGET_IMAGES // per_step
+    if iters < 1:
+        raise ValueError(f"SOLVER.BUDGET_IMAGES {cfg.SOLVER.BUDGET_IMAGES} is less than one step "
+                         f"({per_step} images per step)")
+    return iters
+
+
+def _budget_config(cfg):
+    """The config a budget run trains with: one "epoch" of :func:`budget_iterations` steps, and warm-up /
+    freeze iterations scaled so that they cover the same number of images as with ``IMS_PER_BATCH``
+    images per step (a method that doubles the batch the network sees gets half the steps, and half the
+    warm-up steps). The learning-rate milestones (``SOLVER.STEPS``, in epochs) refer to that one epoch."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    factor = images_per_step(cfg) // cfg.SOLVER.IMS_PER_BATCH
+    if factor > 1:
+        cfg.SOLVER.WARMUP_ITERS = int(math.ceil(cfg.SOLVER.WARMUP_ITERS / factor))
+        cfg.SOLVER.FREEZE_ITERS = int(math.ceil(cfg.SOLVER.FREEZE_ITERS / factor))
+    cfg.SOLVER.MAX_EPOCH = 1
+    cfg.freeze()
+    return cfg
+
+
+class ThroughputHook(hooks.HookBase):
+    """Counts the images the network saw and the seconds spent in training steps (data loading and
+    the optimiser step included, evaluation excluded)."""
+
+    def __init__(self, per_step):
+        self.per_step = per_step
+        self.images_seen = 0
+        self.train_seconds = 0.0
+        self._t = None
+
+    def before_step(self):
+        self._t = time.perf_counter()
+
+    def after_step(self):
+        self.train_seconds += time.perf_counter() - self._t
+        self.images_seen += self.per_step
+
+    def summary(self):
+        return {"images_seen": self.images_seen, "train_seconds": round(self.train_seconds, 2),
+                "images_per_second": round(self.images_seen / self.train_seconds, 2) if self.train_seconds else None}
+
+
 class OccReIDTrainer(DefaultTrainer):
-    """FastReID ``DefaultTrainer`` with identity subsets, path-naming image errors and checkpoint checks."""
+    """FastReID ``DefaultTrainer`` with identity subsets, path-naming image errors, checkpoint checks,
+    ``SEED`` and ``SOLVER.BUDGET_IMAGES``."""
+
+    def __init__(self, cfg):
+        if seed_everything(cfg.SEED):
+            logger.info(f"Seeded python, numpy and torch with SEED {cfg.SEED}")
+        else:
+            logger.info("SEED < 0: random seed (FastReID's behaviour); set SEED to repeat a run")
+        self.budget_iters = budget_iterations(cfg) if cfg.SOLVER.BUDGET_IMAGES > 0 else 0
+        if self.budget_iters:
+            cfg = _budget_config(cfg)
+        super().__init__(cfg)
+        if self.budget_iters:
+            self.iters_per_epoch = self.budget_iters
+            self.max_epoch = 1
+            self.max_iter = self.budget_iters
+            logger.info(f"Budget: {cfg.SOLVER.BUDGET_IMAGES} images seen by the network = "
+                        f"{self.budget_iters} steps of {images_per_step(cfg)} images "
+                        f"(warm-up {cfg.SOLVER.WARMUP_ITERS} steps, freeze {cfg.SOLVER.FREEZE_ITERS} steps)")
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch):
+        if cfg.SOLVER.BUDGET_IMAGES > 0:
+            iters_per_epoch = budget_iterations(cfg)
+        return super().build_lr_scheduler(cfg, optimizer, iters_per_epoch)
+
+    @property
+    def throughput(self):
+        """``{"images_seen", "train_seconds", "images_per_second"}`` of this trainer's training steps."""
+        return self._throughput.summary()
 
     @classmethod
     def _load_dataset(cls, cfg, name):
@@ -143,6 +259,8 @@ class OccReIDTrainer(DefaultTrainer):
 
     def build_hooks(self):
         ret = super().build_hooks()
+        self._throughput = ThroughputHook(images_per_step(self.cfg))
+        ret.insert(0, self._throughput)
         for h in ret:
             if isinstance(h, hooks.PeriodicWriter):
                 h._period = self.cfg.SOLVER.LOG_PERIOD  # FastReID hard-codes 200 iterations
