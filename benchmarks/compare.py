@@ -110,8 +110,11 @@ def run(proto, only=None, seeds=None, dry_run=False):
     """Run every (row, seed) of ``proto`` without a result JSON yet; rows in file order, training rows
     before the evaluation-only rows that need their checkpoints."""
     rows = [r for r in proto["rows"] if not only or r["name"] in only]
-    rows.sort(key=lambda r: "eval_of" in r)
     todo = [(r, s) for r in rows for s in r["seeds"] if seeds is None or s in seeds]
+    # seed-major: every row's first seed before any row's second (a partial protocol is a whole table);
+    # evaluation-only rows after the training run they need
+    order = {r["name"]: i for i, r in enumerate(rows)}
+    todo.sort(key=lambda rs: (rs[0]["seeds"].index(rs[1]), "eval_of" in rs[0], order[rs[0]["name"]]))
     for i, (row, seed) in enumerate(todo):
         dest = result_path(proto, row["name"], seed)
         if os.path.exists(dest):

@@ -48,14 +48,26 @@ def test_cfm_softmax_multiply_add_on_a_tiny_map():
     x = torch.zeros(1, 2, 4, 4)
     x[0, 0, 1, 2] = 2 * math.log(3.0)  # inside the central 2x2 (rows 1-2, cols 1-2)
     x[0, 1, 0, 0] = 100.0              # outside the crop: ignored
-    cfm = CenterFocusModule(2)
+    # "mean": one map from the channel means [[0, ln 3], [0, 0]] -> softmax [[1, 3], [1, 1]] / 6
+    cfm = CenterFocusModule(2, score="mean")
     p = cfm.probability_map(center_crop(x, 2))
-    # channel means in the crop: [[0, ln 3], [0, 0]] -> softmax [[1, 3], [1, 1]] / 6
+    assert p.shape == (1, 1, 2, 2)
     np.testing.assert_allclose(p[0, 0].numpy(), [[1 / 6, 3 / 6], [1 / 6, 1 / 6]], rtol=1e-6)
     out = cfm(x)
     assert out.shape == (1, 2, 2, 2)
     np.testing.assert_allclose(out[0, 0].numpy(), [[0, 2 * math.log(3) * 1.5], [0, 0]], rtol=1e-6)
     assert torch.all(out[0, 1] == 0)
+    # "channel" (default): a map per channel; channel 0's cells [[0, 2 ln 3], [0, 0]] -> [[1, 9], [1, 1]] / 12,
+    # channel 1 (zeros in the crop) uniform
+    cfm = CenterFocusModule(2)
+    assert cfm.score == "channel"
+    p = cfm.probability_map(center_crop(x, 2))
+    assert p.shape == (1, 2, 2, 2)
+    np.testing.assert_allclose(p[0, 0].numpy(), [[1 / 12, 9 / 12], [1 / 12, 1 / 12]], rtol=1e-6)
+    np.testing.assert_allclose(p[0, 1].numpy(), 0.25, rtol=1e-6)
+    np.testing.assert_allclose(cfm(x)[0, 0].numpy(), [[0, 2 * math.log(3) * (1 + 9 / 12)], [0, 0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="score"):
+        CenterFocusModule(2, score="max")
 
 
 def test_converter_module_is_grouped_and_rejects_bad_groups():

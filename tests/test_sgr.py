@@ -168,43 +168,86 @@ def test_cbe_refuses_pipeline_random_erasing_and_head_must_be_sgrhead():
         _cfg(**{"MODEL.SGR.BED.BETA": 0.5})  # unknown keys fail (yacs)
 
 
+def _bed_reference(z, y, alpha, reduction="sum"):
+    """Eq. 3 pair by pair in numpy (float64), then the batch reduction: an independent reference."""
+    z, y = z.detach().double().numpy(), y.numpy()
+    b = len(z)
+    per_anchor, pairs = [], []
+    for i in range(b):
+        pos, neg = [], []
+        for j in range(b):
+            if i == j:
+                continue
+            e = math.exp(-alpha * np.linalg.norm(z[i] - z[j]))
+            (pos if y[i] == y[j] else neg).append(1 - e if y[i] == y[j] else e)
+        pairs += pos + neg
+        per_anchor.append((sum(pos) + sum(neg), np.mean(pos) + np.mean(neg) if pos and neg else None))
+    if reduction == "sum":
+        return np.mean([a for a, _ in per_anchor])
+    if reduction == "balanced":
+        return np.mean([b_ for _, b_ in per_anchor if b_ is not None])
+    return np.mean(pairs)
+
+
+def _ce_reference(logits, y, eps=0.1):
+    """Label-smoothing CE as FastReID defines it: (1 - eps) on the target, eps / (N - 1) on the others."""
+    logp = torch.log_softmax(logits.double(), 1)
+    n = logits.shape[1]
+    q = torch.full_like(logp, eps / (n - 1))
+    q[torch.arange(len(y)), y] = 1 - eps
+    return float(-(q * logp).sum(1).mean().detach())
+
+
 def test_eq5_loss_terms_by_hand():
-    """L = L_bed^rpf + L_bed^gf + L_c: the BED terms are Eq. 3 over all ordered pairs of the
-    l2-normalised features, L_c the sum over the two heads of label-smoothing CE."""
-    from fastreid.modeling.losses import cross_entropy_loss
+    """L = L_bed^rpf + L_bed^gf + L_c (Eq. 5). References are computed from the backbone map F by the
+    formulas, not by the head: z = GeM(F) (the pooled feature, not the BNNeck output), f_r = (W_v F)
+    softmax(W_m F)^T (Eq. 2), Eq. 3 pair by pair on the l2-normalised features, summed per anchor;
+    L_c = sum over the H = 2 heads of label-smoothing CE on tau <b / |b|, w / (|w| + gamma)>."""
     torch.manual_seed(0)
     model = _build(**{"INPUT.CBE.ENABLED": False}).train()
     b = _batch()
     losses = _losses(model, b)
-    assert set(losses) == {"loss_cls", "loss_cls_rpf", "loss_bed_gf", "loss_bed_rpf"}
-    out = model.heads(model.backbone((b["images"] - model.pixel_mean) / model.pixel_std), b["targets"])
+    assert set(losses) == {"loss_cls", "loss_bed_gf", "loss_bed_rpf"}  # Eq. 5: no CE on f_r by default
     y = b["targets"]
-    assert losses["loss_bed_gf"].item() == pytest.approx(bed_loss(F.normalize(out["features"]), y, 0.3).item(), rel=1e-5)
-    assert losses["loss_bed_rpf"].item() == pytest.approx(bed_loss(F.normalize(out["rp_features"]), y, 0.3).item(), rel=1e-5)
-    heads = out["cls_outputs"]
-    assert heads.shape == (2, 8, 4)
-    expected = sum(cross_entropy_loss(h, y, 0.1) for h in heads)
-    assert losses["loss_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
-    rp_heads = out["rp_cls_outputs"]  # f_r -> its own BNNeck -> its own multi-head classifier
-    assert rp_heads.shape == (2, 8, 4)
-    assert losses["loss_cls_rpf"].item() == pytest.approx(sum(cross_entropy_loss(h, y, 0.1) for h in rp_heads).item(), rel=1e-5)
+    with torch.no_grad():
+        fmap = model.backbone((b["images"] - model.pixel_mean) / model.pixel_std)
+        p = float(model.heads.pool_layer.p)
+        z = fmap.clamp(min=1e-6).pow(p).mean((2, 3)).pow(1 / p)          # GeM
+        rp = model.heads.rp
+        v = torch.einsum("oc,bchw->bohw", rp.value.weight[:, :, 0, 0], fmap).flatten(2)
+        m = torch.softmax(torch.einsum("c,bchw->bhw", rp.mask.weight[0, :, 0, 0], fmap).flatten(1), 1)
+        f_r = (v * m[:, None]).sum(2)                                      # Eq. 2
+        # the BNNeck in training mode: batch statistics, FastReID's frozen zero bias
+        bn = model.heads.bottleneck
+        bnz = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + bn.eps) * bn.weight
+        ws = model.heads.classifier.multihead.weight.chunk(2, dim=1)  # H = 2 heads of D / 2 channels
+    norm = lambda t: t / t.norm(dim=1, keepdim=True)
+    assert losses["loss_bed_gf"].item() == pytest.approx(_bed_reference(norm(z), y, 0.3), rel=1e-4)
+    assert losses["loss_bed_rpf"].item() == pytest.approx(_bed_reference(norm(f_r), y, 0.3), rel=1e-4)
+    heads = bnz.chunk(2, dim=1)
+    expected = sum(_ce_reference(16.0 * norm(h) @ (w / (w.norm(dim=1, keepdim=True) + 1 / 32)).t(), y)
+                   for h, w in zip(heads, ws))
+    assert losses["loss_cls"].item() == pytest.approx(expected, rel=1e-4)
+    # the f_r identity loss (the Fig. 2 caption's reading) is an option
+    assert set(_losses(_build(**{"MODEL.SGR.RP.CLS": True}).train(), b)) == {
+        "loss_cls", "loss_cls_rpf", "loss_bed_gf", "loss_bed_rpf"}
     # Table 5 switches change the terms
     assert set(_losses(_build(**{"MODEL.SGR.RP.ENABLED": False}).train(), b)) == {"loss_cls", "loss_bed_gf"}
-    assert set(_losses(_build(**{"MODEL.SGR.RP.CLS": False}).train(), b)) == {"loss_cls", "loss_bed_gf", "loss_bed_rpf"}
     assert set(_losses(_build(**{"MODEL.SGR.BED.ENABLED": False}).train(), b)) == {
-        "loss_cls", "loss_cls_rpf", "loss_triplet_gf", "loss_triplet_rpf"}
-    # alpha scales the exponent (Eq. 3)
-    m2 = _build(**{"INPUT.CBE.ENABLED": False, "MODEL.SGR.BED.ALPHA": 1.0}).train()
-    m2.load_state_dict(model.state_dict())
-    out2 = m2.heads(m2.backbone((b["images"] - m2.pixel_mean) / m2.pixel_std), y)
-    assert _losses(m2, b)["loss_bed_gf"].item() == pytest.approx(
-        bed_loss(F.normalize(out2["features"]), y, 1.0).item(), rel=1e-5)
+        "loss_cls", "loss_triplet_gf", "loss_triplet_rpf"}
+    # alpha scales the exponent (Eq. 3); the reductions
+    for over, alpha, red in (({"MODEL.SGR.BED.ALPHA": 1.0}, 1.0, "sum"),
+                             ({"MODEL.SGR.BED.REDUCTION": "pairs"}, 0.3, "pairs"),
+                             ({"MODEL.SGR.BED.REDUCTION": "balanced"}, 0.3, "balanced")):
+        m2 = _build(**{"INPUT.CBE.ENABLED": False, **over}).train()
+        m2.load_state_dict(model.state_dict())
+        assert _losses(m2, b)["loss_bed_gf"].item() == pytest.approx(_bed_reference(norm(z), y, alpha, red), rel=1e-4)
 
 
 def test_gradients_reach_every_sgr_parameter():
     """Heads (GeM p, BNNeck, multi-head classifier, RP) and DNL blocks all learn from Eq. 5."""
     torch.manual_seed(0)
-    model = _build().train()
+    model = _build(**{"MODEL.SGR.RP.CLS": True}).train()
 
     def no_grad():
         sum(_losses(model, _batch()).values()).backward()

@@ -42,7 +42,7 @@ class BatchConstantErasing:
 
 
 def compound_batch(images: torch.Tensor, targets: torch.Tensor, random_erasing: Callable[[torch.Tensor], torch.Tensor],
-                   batch_erasing: BatchConstantErasing) -> Tuple[torch.Tensor, torch.Tensor]:
+                   batch_erasing: Optional[BatchConstantErasing]) -> Tuple[torch.Tensor, torch.Tensor]:
     """X_full = [RE(X); BcE(X)] (2B images) with the labels repeated, so both halves keep their P x K
     identities (Sec. 3.2).
 
@@ -50,8 +50,14 @@ def compound_batch(images: torch.Tensor, targets: torch.Tensor, random_erasing: 
         images: (B, C, H, W) the sampled batch X.
         targets: (B,) labels.
         random_erasing: applied to each image of the first copy (e.g. torchvision ``RandomErasing``).
-        batch_erasing: applied to the second copy as a whole.
+        batch_erasing: applied to the second copy as a whole; ``None`` gives the control
+            [RE(X); RE(X)] (a doubled batch without BcE, two independent random-erasing draws), which
+            separates CBE's own effect from the doubling of the batch.
     Returns: ((2B, C, H, W), (2B,)).
     """
     x_re = torch.stack([random_erasing(img) for img in images])
-    return torch.cat([x_re, batch_erasing(images)]), torch.cat([targets, targets])
+    if batch_erasing is None:
+        second = torch.stack([random_erasing(img) for img in images])
+    else:
+        second = batch_erasing(images)
+    return torch.cat([x_re, second]), torch.cat([targets, targets])

@@ -8,9 +8,13 @@ triplet, and the test distance of Eq. 4.
 
 Config (``MODEL.OCNET.*``, defaults = the paper's values, see projects/OCNet/README.md):
 ``DIM`` per-branch size after the CM, ``GROUPS`` CM groups, ``USE_GLOBAL``, ``NUM_PARTS`` (2),
-``CFM.ENABLED`` / ``CFM.SIZE`` (2), ``FUSION`` (ram | concat | rn), ``RAM.REDUCTION``,
-``SL.ENABLED`` / ``SL.GAMMA`` (1), ``LAMBDAS`` (0.8, 0.5, 0.25, 0.25 for F_final, F_BB, f_g, f_c),
-``ALPHA`` (1, Eq. 4).
+``CFM.ENABLED`` / ``CFM.SIZE`` (2) / ``CFM.SCORE`` (channel | mean), ``FUSION`` (ram | concat | rn),
+``RAM.REDUCTION``, ``SL.ENABLED`` / ``SL.GAMMA`` (1) / ``SL.FEAT`` (pre_relu | post_relu), ``LAMBDAS``
+(0.8, 0.5, 0.25, 0.25 for F_final, F_BB, f_g, f_c), ``ALPHA`` (1, Eq. 4).
+
+Every module OCNet adds to the backbone (branches, BNNecks, classifiers) lives under ``model.heads``, so
+FastReID's ``SOLVER.HEADS_LR_FACTOR`` reaches them as it reaches ``Baseline``'s head, and
+``MODEL.FREEZE_LAYERS [backbone]`` + ``SOLVER.FREEZE_ITERS`` trains them alone first.
 """
 
 import numpy as np
@@ -31,6 +35,18 @@ from occreid.losses import separation_loss
 SUPERVISED = ("F_final", "F_BB", "f_g", "f_c")
 
 
+class OCNetHeads(nn.Module):
+    """Container of OCNet's new modules (named ``heads`` in the model, FastReID's name for the head):
+    ``branches`` (:class:`occreid.layers.OCNetBranches`), ``necks`` and ``classifiers`` (ModuleDicts by
+    feature name)."""
+
+    def __init__(self, branches):
+        super().__init__()
+        self.branches = branches
+        self.necks = nn.ModuleDict()
+        self.classifiers = nn.ModuleDict()
+
+
 class OCNet(nn.Module):
     """OCNet: backbone -> OCNetBranches -> [F_final, F_BB] (test) or the loss dict of Eq. 2-3 (train).
 
@@ -42,6 +58,9 @@ class OCNet(nn.Module):
         pixel_mean, pixel_std: image normalisation (3 values each, 0-255 scale).
         lambdas: weights of F_final, F_BB, f_g, f_c in Eq. 2 (a branch that is off is skipped).
         gamma: weight of the Separation Loss in Eq. 3 (0 or ``sl_enabled=False`` turns it off).
+        sl_feat: ``"pre_relu"`` (default): L_SL compares f_g and the parts pooled from their CM's BN output
+            before the ReLU, signed, so Eq. 1 spans its range [0, 2 x parts]; ``"post_relu"``: the branch
+            features themselves, non-negative, so cos >= 0 and L_SL >= parts (projects/OCNet/README.md).
         ce_eps: label smoothing. tri_margin, tri_hard_mining: batch-hard triplet (FastReID's).
         norm: BNNeck norm type. neck_feat: ``"after"`` (BN features at test) or ``"before"``.
     Test output: (B, K*D + C) = [F_final, F_BB], split by :func:`ocnet_distance` (Eq. 4).
@@ -49,11 +68,14 @@ class OCNet(nn.Module):
 
     @configurable
     def __init__(self, *, backbone, branches, feat_dim, num_classes, pixel_mean, pixel_std,
-                 lambdas=(0.8, 0.5, 0.25, 0.25), gamma=1.0, sl_enabled=True, ce_eps=0.1,
+                 lambdas=(0.8, 0.5, 0.25, 0.25), gamma=1.0, sl_enabled=True, sl_feat="pre_relu", ce_eps=0.1,
                  tri_margin=0.3, tri_hard_mining=True, norm="BN", neck_feat="after"):
         super().__init__()
+        if sl_feat not in ("pre_relu", "post_relu"):
+            raise ValueError(f"MODEL.OCNET.SL.FEAT must be 'pre_relu' or 'post_relu', got {sl_feat!r}")
         self.backbone = backbone
-        self.branches = branches
+        self.heads = OCNetHeads(branches)
+        self.sl_feat = sl_feat
         if sl_enabled and gamma > 0 and (branches.cm_global is None or branches.num_parts == 0):
             raise ValueError("MODEL.OCNET.SL needs the global branch and at least one part")
         self.sl_enabled = sl_enabled and gamma > 0
@@ -62,13 +84,11 @@ class OCNet(nn.Module):
         dims = {"F_final": branches.out_dim, "F_BB": feat_dim, "f_g": branches.dim, "f_c": branches.dim}
         present = {"F_final": True, "F_BB": True, "f_g": branches.cm_global is not None,
                    "f_c": branches.cfm is not None}
-        self.necks = nn.ModuleDict()
-        self.classifiers = nn.ModuleDict()
         for name in SUPERVISED:
             if present[name] and self.lambdas[name] > 0:
                 self.necks[name] = get_norm(norm, dims[name], bias_freeze=True)
                 self.classifiers[name] = nn.Linear(dims[name], num_classes, bias=False)
-                nn.init.normal_(self.classifiers[name].weight, std=0.001)
+                nn.init.normal_(self.classifiers[name].weight, std=0.01)  # FastReID's EmbeddingHead
         # the test features always need their BNNecks
         for name in ("F_final", "F_BB"):
             if name not in self.necks:
@@ -78,17 +98,22 @@ class OCNet(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
 
+    branches = property(lambda self: self.heads.branches)
+    necks = property(lambda self: self.heads.necks)
+    classifiers = property(lambda self: self.heads.classifiers)
+
     @classmethod
     def from_config(cls, cfg):
         o = cfg.MODEL.OCNET
         branches = OCNetBranches(cfg.MODEL.BACKBONE.FEAT_DIM, o.DIM, num_parts=o.NUM_PARTS,
                                  use_global=o.USE_GLOBAL, use_cfm=o.CFM.ENABLED, center_size=o.CFM.SIZE,
-                                 fusion=o.FUSION.lower(), groups=o.GROUPS, ram_reduction=o.RAM.REDUCTION)
+                                 fusion=o.FUSION.lower(), groups=o.GROUPS, ram_reduction=o.RAM.REDUCTION,
+                                 cfm_score=o.CFM.SCORE)
         return {
             "backbone": build_backbone(cfg), "branches": branches, "feat_dim": cfg.MODEL.BACKBONE.FEAT_DIM,
             "num_classes": cfg.MODEL.HEADS.NUM_CLASSES, "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD, "lambdas": tuple(o.LAMBDAS), "gamma": o.SL.GAMMA,
-            "sl_enabled": o.SL.ENABLED, "ce_eps": cfg.MODEL.LOSSES.CE.EPSILON,
+            "sl_enabled": o.SL.ENABLED, "sl_feat": o.SL.FEAT, "ce_eps": cfg.MODEL.LOSSES.CE.EPSILON,
             "tri_margin": cfg.MODEL.LOSSES.TRI.MARGIN, "tri_hard_mining": cfg.MODEL.LOSSES.TRI.HARD_MINING,
             "norm": cfg.MODEL.HEADS.NORM, "neck_feat": o.NECK_FEAT,
         }
@@ -116,8 +141,14 @@ class OCNet(nn.Module):
 
     def losses(self, out, targets):
         """Eq. 2-3: lambda-weighted CE (on BNNeck logits) and triplet (on pre-BN features) of
-        F_final, F_BB, f_g, f_c, plus gamma * L_SL."""
+        F_final, F_BB, f_g, f_c, plus gamma * L_SL (on ``sl_feat``).
+
+        A test feature (F_final, F_BB) whose lambda is 0 still passes through its BNNeck (detached), so that
+        the BNNeck's running statistics are those of the trained model and not their initial values."""
         loss = {}
+        for name in ("F_final", "F_BB"):
+            if name not in self.classifiers:
+                self._bnneck(name, out[name].detach())
         for name in self.classifiers:
             feat = out[name]
             logits = self.classifiers[name](self._bnneck(name, feat))
@@ -128,7 +159,10 @@ class OCNet(nn.Module):
             loss[f"loss_triplet_{name}"] = lam * triplet_loss(feat, targets, self.tri_margin, False,
                                                               self.tri_hard_mining)
         if self.sl_enabled:
-            loss["loss_sl"] = self.gamma * separation_loss(out["f_g"], out["parts"])
+            if self.sl_feat == "pre_relu":
+                loss["loss_sl"] = self.gamma * separation_loss(out["f_g_pre"], out["parts_pre"])
+            else:
+                loss["loss_sl"] = self.gamma * separation_loss(out["f_g"], out["parts"])
         return loss
 
 
@@ -175,10 +209,12 @@ def add_ocnet_config(cfg):
     o.GROUPS = 4           # CM channel groups
     o.USE_GLOBAL = True    # f_g
     o.NUM_PARTS = 2        # f_t, f_b (Table 3: 1-4)
-    o.CFM = CN({"ENABLED": True, "SIZE": 2})      # Table 3: W = 2 best
+    o.CFM = CN({"ENABLED": True, "SIZE": 2,       # Table 3: W = 2 best
+                "SCORE": "channel"})              # softmax over the cells per channel (or "mean")
     o.FUSION = "ram"       # ram | concat | rn (Table 2)
     o.RAM = CN({"REDUCTION": 4})
-    o.SL = CN({"ENABLED": True, "GAMMA": 1.0})    # Eq. 3, gamma = 1
+    o.SL = CN({"ENABLED": True, "GAMMA": 1.0,     # Eq. 3, gamma = 1
+               "FEAT": "pre_relu"})               # compare the CMs' signed outputs (or "post_relu")
     o.LAMBDAS = [0.8, 0.5, 0.25, 0.25]            # Eq. 2: F_final, F_BB, f_g, f_c
     o.ALPHA = 1.0          # Eq. 4
     o.NECK_FEAT = "after"  # BN features at test (BoT)

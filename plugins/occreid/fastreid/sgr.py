@@ -184,7 +184,8 @@ class SGRHead(nn.Module):
       applied to both features");
     - momentum mean mu of the normalised z (Eq. 6), updated in every training step with gradients, kept
       as the buffer ``momentum_mean.mean`` (saved in checkpoints); with ``me`` the test feature is
-      ``z / |z| - mu``, else z.
+      ``z / |z| - mu``, else z. ``test_feat="bnneck"`` tests with the BNNeck output instead (FastReID's
+      strong-baseline test feature), ignoring ``me``: ME against BNNeck features on one checkpoint.
 
     Training output: dict with ``cls_outputs`` (see :class:`IdentityClassifier`), ``pred_class_logits``
     (B, N), ``features`` z (B, C) and, with ``rp``, ``rp_features`` (B, C) (and ``rp_cls_outputs``).
@@ -194,9 +195,12 @@ class SGRHead(nn.Module):
     @configurable
     def __init__(self, *, feat_dim, num_classes, pool_type="GeneralizedMeanPoolingP", neck_feat="before",
                  with_bnneck=True, norm_type="BN", cls_type="multihead", cls_heads=2, cls_scale=16.0,
-                 cls_gamma=1 / 32, cls_margin=0.0, cls_loss="per_head", rp=True, rp_cls=True, me=True,
-                 me_beta=0.9):
+                 cls_gamma=1 / 32, cls_margin=0.0, cls_loss="per_head", rp=True, rp_cls=False, me=True,
+                 me_beta=0.9, test_feat="auto"):
         super().__init__()
+        if test_feat not in ("auto", "bnneck"):
+            raise ValueError(f"MODEL.SGR.TEST_FEAT must be 'auto' or 'bnneck', got {test_feat!r}")
+        self.test_feat = test_feat
         if not hasattr(pooling, pool_type):
             raise ValueError(f"MODEL.HEADS.POOL_LAYER {pool_type!r} is not one of FastReID's pooling layers")
         if neck_feat not in ("before", "after"):
@@ -232,6 +236,7 @@ class SGRHead(nn.Module):
             "cls_scale": s.CLS.SCALE if multi else h.SCALE, "cls_gamma": s.CLS.GAMMA,
             "cls_margin": h.MARGIN, "cls_loss": s.CLS.LOSS if multi else "summed",
             "rp": s.RP.ENABLED, "rp_cls": s.RP.CLS, "me": s.ME.ENABLED, "me_beta": s.ME.BETA,
+            "test_feat": s.TEST_FEAT,
         }
 
     def forward(self, features, targets=None):
@@ -239,6 +244,8 @@ class SGRHead(nn.Module):
         bn = self.bottleneck(gf)[..., 0, 0]
         z = bn if self.neck_feat == "after" else gf[..., 0, 0]
         if not self.training:
+            if self.test_feat == "bnneck":
+                return bn
             return self.momentum_mean(z) if self.me else z
         if torch.is_grad_enabled():  # not in FastReID's PreciseBN passes
             self.momentum_mean.update(z)
@@ -262,10 +269,14 @@ class SGR(Baseline):
        0-255 scale) becomes X_full = [RE(X); BcE(X)] (2B) with the labels repeated, so both halves keep
        the P x K identities; RE is Zhong et al.'s random erasing (torchvision's ``RandomErasing``, probability
        ``cbe_re_prob``, area ``cbe_re_scale`` of the image, aspect ``cbe_re_ratio``),
-       BcE erases one of s in ``cbe_stripes`` horizontal stripes in every image of its half.
+       BcE erases one of s in ``cbe_stripes`` horizontal stripes in every image of its half. With
+       ``cbe_second="re"`` the second half is another random-erasing draw, [RE(X); RE(X)]: the control
+       that doubles the batch without BcE.
     2. Loss (Eq. 5): L = L_bed^rpf + L_bed^gf + L_c with L_bed (Eq. 3, :func:`occreid.losses.bed_loss`,
        alpha = ``bed_alpha``) on the l2-normalised (``bed_norm_feat``) reconstructive-pooled and global
-       features, over all ordered pairs of the 2B batch; L_c the head's classification loss (sum of the
+       features, over the ordered pairs of the 2B batch reduced by ``bed_reduction`` (``"sum"``: per anchor, the sum
+       over the other 2B - 1 images, averaged over anchors; ``"balanced"``: per anchor, mean over positives
+       + mean over negatives; ``"pairs"``: mean over all pairs; :func:`occreid.losses.bed_loss`); L_c the head's classification loss (sum of the
        heads' label-smoothing CE for the multi-head classifier), on the global feature and, with
        ``MODEL.SGR.RP.CLS``, on f_r too. With ``bed_enabled=False`` the metric
        loss is FastReID's batch-hard triplet (the baseline's), on the same features.
@@ -273,22 +284,28 @@ class SGR(Baseline):
     Args (besides ``Baseline``'s backbone, heads, pixel_mean, pixel_std, loss_kwargs):
         cbe_stripes: stripe counts of BcE (paper: 6, 7, 8), or None for no CBE.
         cbe_re_prob: random-erasing probability of the RE half. cbe_value: fill value (3 values, 0-255).
-        bed_enabled, bed_alpha, bed_norm_feat: see 2.
+        cbe_second: ``"bce"`` (the paper) or ``"re"`` (control).
+        bed_enabled, bed_alpha, bed_norm_feat, bed_reduction: see 2.
     """
 
     @configurable
     def __init__(self, *, backbone, heads, pixel_mean, pixel_std, loss_kwargs, cbe_stripes=(6, 7, 8),
                  cbe_re_prob=0.5, cbe_re_scale=(0.02, 0.4), cbe_re_ratio=(0.3, 3.33),
-                 cbe_value=(123.675, 116.28, 103.53), bed_enabled=True, bed_alpha=0.3,
-                 bed_norm_feat=True):
+                 cbe_value=(123.675, 116.28, 103.53), cbe_second="bce", bed_enabled=True, bed_alpha=0.3,
+                 bed_norm_feat=True, bed_reduction="sum"):
         super().__init__(backbone=backbone, heads=heads, pixel_mean=pixel_mean, pixel_std=pixel_std,
                          loss_kwargs=loss_kwargs)
         if not isinstance(heads, SGRHead):
             raise ValueError(f"the SGR meta-architecture needs MODEL.HEADS.NAME SGRHead, got {type(heads).__name__}")
-        self.batch_erasing = BatchConstantErasing(cbe_stripes, list(cbe_value)) if cbe_stripes else None
+        if cbe_second not in ("bce", "re"):
+            raise ValueError(f"INPUT.CBE.SECOND must be 'bce' or 're', got {cbe_second!r}")
+        self.cbe = bool(cbe_stripes)
+        self.batch_erasing = BatchConstantErasing(cbe_stripes, list(cbe_value)) \
+            if cbe_stripes and cbe_second == "bce" else None
         self.random_erasing = RandomErasing(p=cbe_re_prob, scale=tuple(cbe_re_scale), ratio=tuple(cbe_re_ratio),
                                             value=list(cbe_value)) if cbe_stripes else None
         self.bed_enabled, self.bed_alpha, self.bed_norm_feat = bed_enabled, bed_alpha, bed_norm_feat
+        self.bed_reduction = bed_reduction
 
     @classmethod
     def from_config(cls, cfg):
@@ -304,8 +321,8 @@ class SGR(Baseline):
             insert_dnl_blocks(args["backbone"], s.DNL.LAYERS, s.DNL.REDUCTION)
         args.update(cbe_stripes=tuple(cbe.STRIPES) if cbe.ENABLED else None, cbe_re_prob=cbe.RE_PROB,
                     cbe_re_scale=tuple(cbe.RE_SCALE), cbe_re_ratio=tuple(cbe.RE_RATIO),
-                    cbe_value=tuple(cbe.VALUE), bed_enabled=s.BED.ENABLED, bed_alpha=s.BED.ALPHA,
-                    bed_norm_feat=s.BED.NORM_FEAT)
+                    cbe_value=tuple(cbe.VALUE), cbe_second=cbe.SECOND, bed_enabled=s.BED.ENABLED,
+                    bed_alpha=s.BED.ALPHA, bed_norm_feat=s.BED.NORM_FEAT, bed_reduction=s.BED.REDUCTION)
         return args
 
     def forward(self, batched_inputs):
@@ -314,7 +331,7 @@ class SGR(Baseline):
         images, targets = batched_inputs["images"], batched_inputs["targets"]
         if targets.sum() < 0:  # FastReID's PreciseBN passes -1 labels
             targets.zero_()
-        if self.batch_erasing is not None:
+        if self.cbe:
             images, targets = compound_batch(images, targets, self.random_erasing, self.batch_erasing)
         features = self.backbone(self.preprocess_image(images))
         return self.losses(self.heads(features, targets), targets)
@@ -337,7 +354,7 @@ class SGR(Baseline):
         for name, f in feats.items():
             if self.bed_enabled:
                 z = F.normalize(f, dim=1) if self.bed_norm_feat else f
-                loss[f"loss_bed_{name}"] = bed_loss(z, gt_labels, self.bed_alpha)
+                loss[f"loss_bed_{name}"] = bed_loss(z, gt_labels, self.bed_alpha, self.bed_reduction)
             elif "TripletLoss" in names:
                 tri = self.loss_kwargs["tri"]
                 loss[f"loss_triplet_{name}"] = triplet_loss(f, gt_labels, tri["margin"], tri["norm_feat"],
@@ -352,15 +369,18 @@ def add_sgr_config(cfg):
     if "SGR" not in cfg.MODEL:
         s = cfg.MODEL.SGR = CN()
         s.DNL = CN({"ENABLED": True, "LAYERS": [0, 2, 3, 0], "REDUCTION": 2})  # Sec. 3.2: 2 / 3 in stages 2 / 3
-        s.RP = CN({"ENABLED": True, "CLS": True})  # Eq. 2; CLS: identity loss on f_r too (Fig. 2 caption)
-        s.BED = CN({"ENABLED": True, "ALPHA": 0.3, "NORM_FEAT": True})         # Eq. 3, alpha = 0.3 (Sec. 5.1)
+        s.RP = CN({"ENABLED": True, "CLS": False})  # Eq. 2; CLS: identity loss on f_r too (Fig. 2 caption; not Eq. 5)
+        s.BED = CN({"ENABLED": True, "ALPHA": 0.3, "NORM_FEAT": True,          # Eq. 3, alpha = 0.3 (Sec. 5.1)
+                    "REDUCTION": "sum"})  # per anchor: sum over the batch (or balanced | pairs)
         s.CLS = CN({"NAME": "multihead", "HEADS": 2, "SCALE": 16.0, "GAMMA": 0.03125,  # Eq. 5, H = 2; Tang et al.
                     "LOSS": "per_head"})
         s.ME = CN({"ENABLED": True, "BETA": 0.9})                              # Eq. 6, beta = 0.9
+        s.TEST_FEAT = "auto"   # auto: z / |z| - mu with ME, else z; bnneck: the BNNeck output
     if "CBE" not in cfg.INPUT:
         cfg.INPUT.CBE = CN({"ENABLED": False, "STRIPES": [6, 7, 8],  # Sec. 3.2
                             "RE_PROB": 0.5, "RE_SCALE": [0.02, 0.4], "RE_RATIO": [0.3, 3.33],  # Zhong et al.
-                            "VALUE": [0.485 * 255, 0.456 * 255, 0.406 * 255]})
+                            "VALUE": [0.485 * 255, 0.456 * 255, 0.406 * 255],
+                            "SECOND": "bce"})  # second half: BcE(X) (paper) or "re": RE(X), the doubled-batch control
     return cfg
 
 

@@ -16,7 +16,8 @@ class ConverterModule(nn.Module):
         in_channels: C of the input map.
         out_channels: reduced channels D (must be divisible by ``groups``, as ``in_channels``).
         groups: number of channel groups of the convolution.
-    Shapes: (B, C, H, W) -> (B, D, H, W).
+    Shapes: (B, C, H, W) -> (B, D, H, W). :meth:`pre_activation` gives BN(conv(x)) before the ReLU
+    (signed; what OCNet's Separation Loss compares, see :class:`~occreid.layers.OCNetBranches`).
     Raises:
         ValueError: channels not divisible by ``groups``.
     """
@@ -28,7 +29,11 @@ class ConverterModule(nn.Module):
                              f"divisible by groups {groups}")
         self.conv = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """BN(conv(x)), (B, D, H, W), before the ReLU."""
+        return self.bn(self.conv(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        return self.relu(self.pre_activation(x))

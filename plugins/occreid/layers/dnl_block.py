@@ -22,10 +22,12 @@ class DNLBlock(nn.Module):
     def __init__(self, channels: int, reduction: int = 2):
         super().__init__()
         inner = max(1, channels // reduction)
-        self.query = nn.Conv2d(channels, inner, 1)
-        self.key = nn.Conv2d(channels, inner, 1)
+        # no bias where it cannot act: the whitening removes a constant from the query and key, and the
+        # unary softmax over positions is invariant to one
+        self.query = nn.Conv2d(channels, inner, 1, bias=False)
+        self.key = nn.Conv2d(channels, inner, 1, bias=False)
         self.value = nn.Conv2d(channels, inner, 1)
-        self.unary = nn.Conv2d(channels, 1, 1)
+        self.unary = nn.Conv2d(channels, 1, 1, bias=False)
         self.out = nn.Conv2d(inner, channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
         nn.init.zeros_(self.bn.weight)

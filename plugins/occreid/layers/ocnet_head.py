@@ -40,15 +40,18 @@ class OCNetBranches(nn.Module):
         center_size: CFM crop size W (Table 3: 2 best).
         fusion: ``"ram"``, ``"concat"`` or ``"rn"``.
         groups: CM channel groups. ram_reduction: RAM hidden size D / ram_reduction.
+        cfm_score: the CFM's softmax, ``"channel"`` or ``"mean"`` (:class:`CenterFocusModule`).
     Shapes: (B, C, H, W) -> dict with ``F_BB`` (B, C) pooled, ``f_g`` (B, D) or None, ``parts``
-        list of (B, D), ``f_c`` (B, D) or None, ``F_concat`` / ``F_final`` (B, K * D), ``F_w`` or None.
+        list of (B, D), ``f_c`` (B, D) or None, ``F_concat`` / ``F_final`` (B, K * D), ``F_w`` or None,
+        and ``f_g_pre`` / ``parts_pre``: f_g and the parts pooled from their CM's BN output before the
+        ReLU (signed, so that cosines can be negative: where the Separation Loss acts by default).
     Raises:
         ValueError: no branch enabled, or bad options.
     """
 
     def __init__(self, in_channels: int, dim: int, num_parts: int = 2, use_global: bool = True,
                  use_cfm: bool = True, center_size: int = 2, fusion: str = "ram", groups: int = 4,
-                 ram_reduction: int = 4):
+                 ram_reduction: int = 4, cfm_score: str = "channel"):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -58,7 +61,7 @@ class OCNetBranches(nn.Module):
         self.num_parts = num_parts
         self.cm_global = ConverterModule(in_channels, dim, groups) if use_global else None
         self.cm_parts = nn.ModuleList(ConverterModule(in_channels, dim, groups) for _ in range(num_parts))
-        self.cfm = CenterFocusModule(center_size) if use_cfm else None
+        self.cfm = CenterFocusModule(center_size, cfm_score) if use_cfm else None
         self.cm_center = ConverterModule(in_channels, dim, groups) if use_cfm else None
         if fusion == "ram":
             self.fusion = RelationAdaptiveModule(dim, ram_reduction)
@@ -74,14 +77,18 @@ class OCNetBranches(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
     def forward(self, fmap: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = {"F_BB": self._pool(fmap), "f_g": None, "parts": [], "f_c": None, "F_w": None}
+        out = {"F_BB": self._pool(fmap), "f_g": None, "parts": [], "f_c": None, "F_w": None,
+               "f_g_pre": None, "parts_pre": []}
         branches = []
         if self.cm_global is not None:
-            out["f_g"] = self._pool(self.cm_global(fmap))
+            pre = self.cm_global.pre_activation(fmap)
+            out["f_g_pre"], out["f_g"] = self._pool(pre), self._pool(torch.relu(pre))
             branches.append(out["f_g"])
         if self.num_parts:
             for cm, part in zip(self.cm_parts, horizontal_parts(fmap, self.num_parts)):
-                out["parts"].append(self._pool(cm(part)))
+                pre = cm.pre_activation(part)
+                out["parts_pre"].append(self._pool(pre))
+                out["parts"].append(self._pool(torch.relu(pre)))
             branches.extend(out["parts"])
         if self.cfm is not None:
             out["f_c"] = self._pool(self.cm_center(self.cfm(fmap)))
