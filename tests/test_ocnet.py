@@ -219,3 +219,32 @@ def test_ocnet_checkpoint_loads_for_eval_with_other_class_count(tmp_path):
     torch.save({"model": baseline.state_dict()}, tmp_path / "bot.pth")
     with pytest.raises(ValueError, match="does not match the model OCNet"):
         check_checkpoint_matches(trained, str(tmp_path / "bot.pth"))
+
+
+def test_separation_loss_acts_on_the_signed_cm_outputs():
+    """MODEL.OCNET.SL.FEAT pre_relu (default): L_SL of the training step equals Eq. 1 on f_g and the parts
+    pooled from their CM's BN output before the ReLU, computed here from the backbone map by hand;
+    post_relu: on the branch features (cos >= 0 there, so L_SL >= 2 with two parts)."""
+    from fastreid.modeling import build_model
+    from fastreid.utils.events import EventStorage
+    torch.manual_seed(0)
+    b = _batch()
+    for feat in ("pre_relu", "post_relu"):
+        model = build_model(_cfg(**{"MODEL.OCNET.SL.FEAT": feat})).train()
+        with EventStorage(0):
+            loss = model({k: v.clone() for k, v in b.items()})["loss_sl"].item()
+        with torch.no_grad():
+            fmap = model.backbone((b["images"] - model.pixel_mean) / model.pixel_std)
+            br = model.branches
+            h = fmap.shape[2] // 2
+            pre = [cm.bn(cm.conv(x)).mean((2, 3)) for cm, x in
+                   ((br.cm_global, fmap), (br.cm_parts[0], fmap[:, :, :h]), (br.cm_parts[1], fmap[:, :, h:]))]
+            if feat == "post_relu":
+                pre = [cm.bn(cm.conv(x)).clamp(min=0).mean((2, 3)) for cm, x in
+                       ((br.cm_global, fmap), (br.cm_parts[0], fmap[:, :, :h]), (br.cm_parts[1], fmap[:, :, h:]))]
+        g, t, bt = (p.double().numpy() for p in pre)
+        cos = lambda a, c: (a * c).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(c, axis=1)
+        expected = np.mean((1 + cos(g, t)) + (1 + cos(g, bt)))
+        assert loss == pytest.approx(expected, rel=1e-4), feat
+        if feat == "post_relu":
+            assert loss >= 2.0 - 1e-6

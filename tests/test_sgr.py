@@ -338,3 +338,48 @@ def test_sgr_trains_and_evaluates_on_real_occluded_duke_with_and_without_reranki
     torch.testing.assert_close(feats, F.normalize(plain) - mu, rtol=1e-4, atol=1e-5)
     for key in ("Rank-1", "mAP"):
         assert math.isfinite(reranked[key]) and 0 <= reranked[key] <= 100
+
+
+def test_cbe_random_erasing_fills_the_pixel_mean():
+    """The RE half of X_full is erased with the ImageNet mean (INPUT.CBE.VALUE, Zhong et al.), i.e. exactly
+    0 after the model's normalisation; the BcE half erases one stripe of every image the same way."""
+    torch.manual_seed(0)
+    model = _build(**{"INPUT.CBE.RE_PROB": 1.0}).train()
+    seen = {}
+    h = model.backbone.register_forward_pre_hook(lambda m, i: seen.update(x=i[0]))
+    b = _batch()
+    try:
+        _losses(model, b)
+    finally:
+        h.remove()
+    x = seen["x"]                                             # normalised [RE(X); BcE(X)]
+    ref = (b["images"] - model.pixel_mean) / model.pixel_std  # normalised X
+    assert x.shape[0] == 16
+    for half in (x[:8], x[8:]):
+        changed = (half - ref).abs().amax(1) > 1e-4           # (B, H, W) erased positions
+        assert changed.any(dim=(1, 2)).all()                   # every image erased (p = 1; BcE: always)
+        assert torch.all(half.permute(1, 0, 2, 3)[:, changed].abs() < 1e-4)  # erased = the mean = 0
+
+
+def test_cbe_second_half_is_bce_or_the_re_control():
+    """INPUT.CBE.SECOND bce (paper): the second half erases the same full-width stripe in every image;
+    re (the control): a second, independent random-erasing draw per image, [RE(X); RE(X)]."""
+    b = _batch()
+    ref = None
+    for second in ("bce", "re"):
+        torch.manual_seed(0)
+        model = _build(**{"INPUT.CBE.RE_PROB": 1.0, "INPUT.CBE.SECOND": second}).train()
+        seen = {}
+        h = model.backbone.register_forward_pre_hook(lambda m, i: seen.update(x=i[0]))
+        try:
+            _losses(model, b)
+        finally:
+            h.remove()
+        ref = (b["images"] - model.pixel_mean) / model.pixel_std
+        changed = ((seen["x"][8:] - ref).abs().amax(1) > 1e-4)          # (B, H, W)
+        same_in_all = bool((changed == changed[:1]).all())
+        full_rows = bool((changed.all(2) == changed.any(2)).all())
+        if second == "bce":
+            assert same_in_all and full_rows
+        else:
+            assert not same_in_all and not full_rows

@@ -133,3 +133,32 @@ def test_multi_head_classifier_follows_tang_et_al():
     np.testing.assert_allclose(clf(z).detach().numpy(), [[8.0, 0.0, 4.0]], atol=1e-6)
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadClassifier(5, 3, heads=2)
+
+
+def test_dnl_block_equals_eq1_computed_by_hand():
+    """x + BN(W_o sum_j [softmax_j((q_i - mu_q).(k_j - mu_k) / sqrt(d)) + softmax_j(W_m f_j)] W_v f_j)
+    (Eq. 1, whitened pairwise + unary), with the block's weights but an independent computation
+    (float64, explicit loops over positions)."""
+    torch.manual_seed(0)
+    blk = DNLBlock(6, reduction=2).eval()
+    torch.nn.init.normal_(blk.bn.weight)  # leave the zero (identity) start
+    x = torch.randn(1, 6, 3, 2)
+    with torch.no_grad():
+        out = blk(x)
+    w = lambda conv: conv.weight.detach()[:, :, 0, 0].double()
+    f = x[0].double().reshape(6, -1)                     # (C, N), N = 6 positions
+    q, k, v = w(blk.query) @ f, w(blk.key) @ f, w(blk.value) @ f + blk.value.bias.detach().double()[:, None]
+    q = q - q.mean(1, keepdim=True)
+    k = k - k.mean(1, keepdim=True)
+    n, d = f.shape[1], q.shape[0]
+    unary = torch.softmax(w(blk.unary) @ f, dim=1)[0]    # (N,)
+    y = torch.zeros(d, n, dtype=torch.float64)
+    for i in range(n):
+        pair = torch.softmax(torch.stack([q[:, i] @ k[:, j] for j in range(n)]) / math.sqrt(d), 0)
+        for j in range(n):
+            y[:, i] += (pair[j] + unary[j]) * v[:, j]
+    o = w(blk.out) @ y
+    bn = blk.bn
+    o = (o - bn.running_mean.double()[:, None]) / torch.sqrt(bn.running_var.double()[:, None] + bn.eps) \
+        * bn.weight.detach().double()[:, None] + bn.bias.detach().double()[:, None]
+    np.testing.assert_allclose(out[0].reshape(6, -1).double().numpy(), (f + o).numpy(), rtol=1e-4, atol=1e-5)
