@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# mutation: file, python-replace old->new, tests
-cd /work/main
+# Break each ablation switch / equation on purpose, once, and check that a test fails ("caught").
+# Each mutation edits one file, runs the tests named, and restores the file. Run from anywhere:
+#   bash scripts/check_mutations.sh        (about 5 minutes on 2 CPU cores)
+# A line "NOT CAUGHT" means a switch can be ignored without any test noticing.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+backup=$(mktemp)
+trap 'rm -f "$backup"' EXIT
 run() {
   local name="$1" file="$2" old="$3" new="$4"; shift 4
-  cp "$file" /tmp/mut_backup
+  cp "$file" "$backup"
   python3 -c "
 import sys; p,o,n=sys.argv[1:4]; s=open(p).read(); assert o in s, ('not found', o); open(p,'w').write(s.replace(o,n,1))" "$file" "$old" "$new" || { echo "MUTATION $name: pattern not found"; return; }
-  if timeout 600 .venv/bin/python -m pytest -q -x "$@" > /tmp/mut_$name.log 2>&1; then echo "MUTATION $name: NOT CAUGHT"; else echo "MUTATION $name: caught ($(grep -m1 FAILED /tmp/mut_$name.log | cut -c1-120))"; fi
-  cp /tmp/mut_backup "$file"
+  timeout 600 .venv/bin/python -m pytest -q -x "$@" > "${TMPDIR:-/tmp}/mut_$name.log" 2>&1
+  case $? in
+    0) echo "MUTATION $name: NOT CAUGHT" ;;
+    1) echo "MUTATION $name: caught ($(grep -m1 FAILED "${TMPDIR:-/tmp}/mut_$name.log" | cut -c1-120))" ;;
+    *) echo "MUTATION $name: ERROR (pytest could not run the tests; see ${TMPDIR:-/tmp}/mut_$name.log)" ;;
+  esac
+  cp "$backup" "$file"
 }
 run dnl_no_whitening plugins/occreid/layers/dnl_block.py "q = (q - q.mean(2, keepdim=True)).transpose(1, 2)" "q = q.transpose(1, 2)" tests/test_sgr_modules.py
 run row4_dnl_off projects/SGR/configs/ablation/row4_cbe_bed_dnl.yml "  SGR:
@@ -24,7 +34,6 @@ run ram_switch_ignored plugins/occreid/fastreid/ocnet.py "fusion=o.FUSION.lower(
 run sl_switch_ignored plugins/occreid/fastreid/ocnet.py '"sl_enabled": o.SL.ENABLED' '"sl_enabled": True' tests/test_ablation_switches.py -k ocnet
 run sl_feat_ignored plugins/occreid/fastreid/ocnet.py 'if self.sl_feat == "pre_relu":' 'if False:' tests/test_ocnet.py -k signed
 run cfm_score_ignored plugins/occreid/layers/center_focus_module.py 'if self.score == "channel" else' 'if False else' tests/test_ocnet.py -k cfm
-run cbe_second_ignored plugins/occreid/fastreid/sgr.py 'if cbe_stripes and cbe_second == "bce" else None' 'if cbe_stripes else None' tests/test_sgr.py -k "second_half"
+run cbe_second_ignored plugins/occreid/fastreid/sgr.py 'if cbe_stripes and cbe_second == "bce" else None' 'if cbe_stripes else None' tests/test_sgr.py -k second_half
 run bed_reduction_ignored plugins/occreid/fastreid/sgr.py 'bed_loss(z, gt_labels, self.bed_alpha, self.bed_reduction)' 'bed_loss(z, gt_labels, self.bed_alpha)' tests/test_sgr.py -k eq5
 run me_ignored plugins/occreid/fastreid/sgr.py 'return self.momentum_mean(z) if self.me else z' 'return z' tests/test_ablation_switches.py -k row6
-git status --short
