@@ -37,3 +37,4 @@ run cfm_score_ignored plugins/occreid/layers/center_focus_module.py 'if self.sco
 run cbe_second_ignored plugins/occreid/fastreid/sgr.py 'if cbe_stripes and cbe_second == "bce" else None' 'if cbe_stripes else None' tests/test_sgr.py -k second_half
 run bed_reduction_ignored plugins/occreid/fastreid/sgr.py 'bed_loss(z, gt_labels, self.bed_alpha, self.bed_reduction)' 'bed_loss(z, gt_labels, self.bed_alpha)' tests/test_sgr.py -k eq5
 run me_ignored plugins/occreid/fastreid/sgr.py 'return self.momentum_mean(z) if self.me else z' 'return z' tests/test_ablation_switches.py -k row6
+run test_feat_ignored plugins/occreid/fastreid/sgr.py 'if self.test_feat == "bnneck":' 'if False:' tests/test_sgr.py -k test_feat_bnneck

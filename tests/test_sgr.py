@@ -383,3 +383,25 @@ def test_cbe_second_half_is_bce_or_the_re_control():
             assert same_in_all and full_rows
         else:
             assert not same_in_all and not full_rows
+
+
+def test_test_feat_bnneck_gives_the_bnneck_output():
+    """MODEL.SGR.TEST_FEAT bnneck: the test feature is BN(z) (eval-mode BNNeck of the GeM feature),
+    whatever ME says; auto with ME: z / |z| - mu."""
+    torch.manual_seed(0)
+    auto = _build().eval()
+    bnneck = _build(**{"MODEL.SGR.TEST_FEAT": "bnneck"}).eval()
+    bnneck.load_state_dict(auto.state_dict())
+    b = _batch()
+    with torch.no_grad():
+        auto.heads.momentum_mean.mean.fill_(0.02)
+        bnneck.heads.momentum_mean.mean.fill_(0.02)
+        fresh = lambda: {k: v.clone() for k, v in b.items()}  # FastReID normalises the images in place
+        fmap = auto.backbone(auto.preprocess_image(fresh()))
+        z = auto.heads.pool_layer(fmap)
+        bn = auto.heads.bottleneck
+        expected = ((z[..., 0, 0] - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)) * bn.weight + bn.bias
+        torch.testing.assert_close(bnneck(fresh()), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(auto(fresh()), F.normalize(z[..., 0, 0], dim=1) - 0.02, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="TEST_FEAT"):
+        _build(**{"MODEL.SGR.TEST_FEAT": "logits"})
