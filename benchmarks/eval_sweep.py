@@ -102,6 +102,9 @@ def sgr_variants(cfg, model, evaluator_unused=None, feats_unused=None, alphas=No
             ("BNNeck output BN(z)", evaluate(evaluator, bn))]
 
 
+from report import emit  # noqa: E402  (benchmarks/report.py, beside this script)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
@@ -125,11 +128,7 @@ def main(argv=None):
     for label, res in rows:
         lines.append(f"| {label} | " + " | ".join(f"{res[m]:.2f}" for m in METRICS) + " |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

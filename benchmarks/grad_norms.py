@@ -84,6 +84,9 @@ def summarise(grads):
     return out
 
 
+from report import emit  # noqa: E402  (benchmarks/report.py, beside this script)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
@@ -113,10 +116,7 @@ def main(argv=None):
         mean = [sum(s[k] for s in stats) / n for k in range(3)]
         lines.append(f"| {name} | {sum(vals[name]) / n:.4g} | {mean[0]:.3g} | {mean[1]:.3g} | {mean[2]:+.2f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,9 @@ def knn_floor(s):
     return index.search(x, 21)
 
 
+from report import emit  # noqa: E402  (benchmarks/report.py, beside this script)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=os.environ.get("OCCREID_DATA", os.path.expanduser("~/.cache/occreid/data")))
@@ -207,11 +210,7 @@ def main():
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     text = "\n".join([f"Machine: {machine}. Command: `{' '.join(sys.argv)}`", ""] + header + rows + [""]
                      + [f"- {x}" for x in notes]) + "\n"
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
 
 
 if __name__ == "__main__":
