@@ -168,7 +168,7 @@ def test_cbe_refuses_pipeline_random_erasing_and_head_must_be_sgrhead():
         _cfg(**{"MODEL.SGR.BED.BETA": 0.5})  # unknown keys fail (yacs)
 
 
-def _bed_reference(z, y, alpha, reduction="sum"):
+def _bed_reference(z, y, alpha, reduction="pairs"):
     """Eq. 3 pair by pair in numpy (float64), then the batch reduction: an independent reference."""
     z, y = z.detach().double().numpy(), y.numpy()
     b = len(z)
@@ -201,7 +201,7 @@ def _ce_reference(logits, y, eps=0.1):
 def test_eq5_loss_terms_by_hand():
     """L = L_bed^rpf + L_bed^gf + L_c (Eq. 5). References are computed from the backbone map F by the
     formulas, not by the head: z = GeM(F) (the pooled feature, not the BNNeck output), f_r = (W_v F)
-    softmax(W_m F)^T (Eq. 2), Eq. 3 pair by pair on the l2-normalised features, summed per anchor;
+    softmax(W_m F)^T (Eq. 2), Eq. 3 pair by pair on the l2-normalised features, mean over the pairs;
     L_c = sum over the H = 2 heads of label-smoothing CE on tau <b / |b|, w / (|w| + gamma)>."""
     torch.manual_seed(0)
     model = _build(**{"INPUT.CBE.ENABLED": False}).train()
@@ -236,8 +236,8 @@ def test_eq5_loss_terms_by_hand():
     assert set(_losses(_build(**{"MODEL.SGR.BED.ENABLED": False}).train(), b)) == {
         "loss_cls", "loss_triplet_gf", "loss_triplet_rpf"}
     # alpha scales the exponent (Eq. 3); the reductions
-    for over, alpha, red in (({"MODEL.SGR.BED.ALPHA": 1.0}, 1.0, "sum"),
-                             ({"MODEL.SGR.BED.REDUCTION": "pairs"}, 0.3, "pairs"),
+    for over, alpha, red in (({"MODEL.SGR.BED.ALPHA": 1.0}, 1.0, "pairs"),
+                             ({"MODEL.SGR.BED.REDUCTION": "sum"}, 0.3, "sum"),
                              ({"MODEL.SGR.BED.REDUCTION": "balanced"}, 0.3, "balanced")):
         m2 = _build(**{"INPUT.CBE.ENABLED": False, **over}).train()
         m2.load_state_dict(model.state_dict())

@@ -30,10 +30,10 @@ def test_bed_loss_on_a_batch_by_hand():
     e5 = math.exp(-0.3 * 5)
     pair = {(0, 1): 1 - e5, (0, 2): 1.0, (1, 2): e5}  # Eq. 3 of each unordered pair
     expected = sum(pair.values()) * 2 / 6
-    assert bed_loss(z, y, alpha=0.3, reduction="pairs").item() == pytest.approx(expected, rel=1e-5)
-    # "sum" (default): per anchor the sum over the other two, averaged over the 3 anchors
+    assert bed_loss(z, y, alpha=0.3).item() == pytest.approx(expected, rel=1e-5)  # "pairs", the default
+    # "sum": per anchor the sum over the other two, averaged over the 3 anchors
     sums = [pair[0, 1] + pair[0, 2], pair[0, 1] + pair[1, 2], pair[0, 2] + pair[1, 2]]
-    assert bed_loss(z, y, alpha=0.3).item() == pytest.approx(sum(sums) / 3, rel=1e-5)
+    assert bed_loss(z, y, alpha=0.3, reduction="sum").item() == pytest.approx(sum(sums) / 3, rel=1e-5)
     # "balanced": anchors 0 and 1 have a positive and a negative, anchor 2 has no positive and is left out
     balanced = [pair[0, 1] + pair[0, 2], pair[0, 1] + pair[1, 2]]
     assert bed_loss(z, y, alpha=0.3, reduction="balanced").item() == pytest.approx(sum(balanced) / 2, rel=1e-5)

@@ -292,7 +292,7 @@ class SGR(Baseline):
     def __init__(self, *, backbone, heads, pixel_mean, pixel_std, loss_kwargs, cbe_stripes=(6, 7, 8),
                  cbe_re_prob=0.5, cbe_re_scale=(0.02, 0.4), cbe_re_ratio=(0.3, 3.33),
                  cbe_value=(123.675, 116.28, 103.53), cbe_second="bce", bed_enabled=True, bed_alpha=0.3,
-                 bed_norm_feat=True, bed_reduction="sum"):
+                 bed_norm_feat=True, bed_reduction="pairs"):
         super().__init__(backbone=backbone, heads=heads, pixel_mean=pixel_mean, pixel_std=pixel_std,
                          loss_kwargs=loss_kwargs)
         if not isinstance(heads, SGRHead):
@@ -371,7 +371,7 @@ def add_sgr_config(cfg):
         s.DNL = CN({"ENABLED": True, "LAYERS": [0, 2, 3, 0], "REDUCTION": 2})  # Sec. 3.2: 2 / 3 in stages 2 / 3
         s.RP = CN({"ENABLED": True, "CLS": False})  # Eq. 2; CLS: identity loss on f_r too (Fig. 2 caption; not Eq. 5)
         s.BED = CN({"ENABLED": True, "ALPHA": 0.3, "NORM_FEAT": True,          # Eq. 3, alpha = 0.3 (Sec. 5.1)
-                    "REDUCTION": "sum"})  # per anchor: sum over the batch (or balanced | pairs)
+                    "REDUCTION": "pairs"})  # mean over all ordered pairs (or sum | balanced; README choice 5)
         s.CLS = CN({"NAME": "multihead", "HEADS": 2, "SCALE": 16.0, "GAMMA": 0.03125,  # Eq. 5, H = 2; Tang et al.
                     "LOSS": "per_head"})
         s.ME = CN({"ENABLED": True, "BETA": 0.9})                              # Eq. 6, beta = 0.9

@@ -18,24 +18,24 @@ REDUCTIONS = ("balanced", "pairs", "sum")
 
 
 def bed_loss(features: torch.Tensor, targets: torch.Tensor, alpha: float = 0.3,
-             reduction: str = "sum") -> torch.Tensor:
+             reduction: str = "pairs") -> torch.Tensor:
     """BED loss of a batch (SGR Eq. 3, alpha = 0.3 in the paper), from the pair loss of Eq. 3 over the
     ordered pairs i != j.
 
     The paper defines the loss of one pair and not how a batch averages it. ``reduction``:
 
-    - ``"sum"`` (default): for each anchor the sum of Eq. 3 over all j != i, averaged over the anchors
+    - ``"pairs"`` (default): the plain mean over all B (B - 1) ordered pairs;
+    - ``"sum"``: for each anchor the sum of Eq. 3 over all j != i, averaged over the anchors
       (= (B - 1) x ``"pairs"``): every pair of the batch counts fully, as in a loss summed over a set of
-      pairs. Measured on real Occluded-Duke batches (projects/SGR/README.md, "BED"), this is the only
-      reduction whose gradient at the backbone is of the order of the identity loss's; the two means
-      below are about 100x weaker (on l2-normalised features exp(-alpha d) spans only [0.66, 1]);
+      pairs. Measured on real Occluded-Duke batches (projects/SGR/README.md, choice 5), this is the only
+      reduction whose gradient at the backbone is of the order of the identity loss's (the means are
+      about 100x weaker), and on the CPU protocol it wrecks the pretrained features;
     - ``"balanced"``: for each anchor i, the mean of Eq. 3 over its positives (same identity)
       plus the mean over its negatives, averaged over the anchors that have both:
       ``1/|A| sum_i [mean_{j in P(i)} L_ij + mean_{j in N(i)} L_ij]`` (the usual batch form of a pairwise
       contrastive loss). In a P x K batch an anchor has K - 1 (SGR's compound batch: 2K - 1) positives
       against hundreds of negatives, so without this the positives' pull, the "exponential penalty on
       small intra-person distances" the paper argues for, is diluted by the negatives;
-    - ``"pairs"``: the plain mean over all B (B - 1) ordered pairs;
 
     Args:
         features: (B, D) pooled features z (l2 distance between them, Eq. 3).
