@@ -195,7 +195,7 @@ def table(proto):
             ms = [next(iter(r["metrics"].values())) for r in recs]
             cells = [fmt([m[k] for m in ms]) for k in METRICS]
             base = rows_by_name[row["eval_of"]] if "eval_of" in row else row
-            train = [r for r in (collect_row(proto, base["name"]))]
+            train = runs.get(base["name"], [])  # an eval-only row reports its training row's budget
             seen = train[0].get("images_seen", "") if train else ""
             steps = f"{train[0].get('iterations', '')} x {train[0].get('images_per_step', '')}" if train else ""
             ips = fmt([r["images_per_second"] for r in train if r.get("images_per_second")]) if train else ""
@@ -209,10 +209,6 @@ def table(proto):
     lines.append(f"Budget: {proto['budget_images']} images seen by the network per run; metrics in %, "
                  f"mean ± sample standard deviation over the seeds listed; commits: {', '.join(commits)}.")
     return "\n".join(lines) + "\n"
-
-
-def collect_row(proto, name):
-    return collect(proto).get(name, [])
 
 
 def chart(proto, path):
