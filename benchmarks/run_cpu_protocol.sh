@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 P=benchmarks/protocols/occluded_duke_cpu.yml
 C=".venv/bin/python benchmarks/compare.py run --protocol $P"
 $C --only BoT SBS OCNet SGR --seeds 0
-$C --only "OCNet, SL off (Table 2 index 7)" "SGR, [RE(X); RE(X)] control"
-$C --only BoT SGR --seeds 1
-$C --only "OCNet, no backbone freeze"
+$C --only "OCNet, SL off (Table 2 index 7)"
+# (the second session, with the headline rows' seeds 1 and 2 still missing, ran them first)
 $C --only BoT SBS OCNet SGR --seeds 1
+$C --only PAN --seeds 0
 $C --only BoT SBS OCNet SGR --seeds 2
+$C --only PAN --seeds 1 2
+$C --only "PAN, no buffer layer (Table 3 row 5)"
+$C --only "SGR, [RE(X); RE(X)] control" "OCNet, no backbone freeze"
 $C

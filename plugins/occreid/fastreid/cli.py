@@ -1,9 +1,13 @@
-"""``occreid index`` / ``occreid search``: a gallery index on disk and retrieval against it.
+"""``occreid index`` / ``occreid search``: a gallery index on disk and retrieval against it;
+``occreid masks``: the masks of a part-based model (PAN) drawn over images, like PAN's Fig. 4.
 
     occreid index  --config-file CFG [--weights W] (--dataset NAME [--split gallery] | --folder DIR) --out IDX
     occreid search --config-file CFG [--weights W] --index IDX
                    (--image IMG | --folder DIR | --dataset NAME [--split query] [--num-queries N])
                    [--topk 10] [--rerank] [--out OUTDIR]
+
+    occreid masks  --config-file CFG [--weights W] (--dataset NAME [--split query] [--num-queries 12] | --folder DIR)
+                   [--num-masks 3] [--out masks.png]
 
 Features come from a FastReID model built from the config (plus occreid's registrations) and
 ``--weights`` (a trained checkpoint; without it, the backbone's ``PRETRAIN_PATH``). The index stores
@@ -172,10 +176,33 @@ def cmd_search(args):
     print(f"wrote {png} and {page}")
 
 
+@torch.no_grad()
+def cmd_masks(args):
+    from fastreid.data.build import fast_batch_collator
+    from fastreid.data.transforms import build_transforms
+    from occreid.evaluation.masks import draw_mask_grid
+    from occreid.fastreid import ReIDImageDataset
+
+    cfg = _setup_cfg(args)
+    model = build_feature_model(cfg)
+    if not hasattr(model, "masks"):
+        raise ValueError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} has no masks (PAN has)")
+    items = _items(args, cfg, default_split="query")
+    if not getattr(args, "num_queries", 0):
+        items = items[:12]
+    ds = ReIDImageDataset(items, build_transforms(cfg, is_train=False), relabel=False)
+    batch = fast_batch_collator([ds[i] for i in range(len(ds))])
+    batch["images"] = batch["images"].to(model.device)
+    masks = model.masks(batch).float().cpu().numpy()
+    out = draw_mask_grid([p for p, _, _ in items], masks, args.out, num_masks=args.num_masks,
+                         captions=[f"pid {pid}" for _, pid, _ in items])
+    print(f"{len(items)} images, {masks.shape[1]} masks of {masks.shape[2]} x {masks.shape[3]} -> {out}")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="occreid", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn in (("index", cmd_index), ("search", cmd_search)):
+    for name, fn in (("index", cmd_index), ("search", cmd_search), ("masks", cmd_masks)):
         s = sub.add_parser(name)
         s.set_defaults(fn=fn)
         s.add_argument("--config-file", required=True)
@@ -187,6 +214,10 @@ def build_parser():
         s.add_argument("--num-workers", type=int, default=2)
         if name == "index":
             s.add_argument("--out", required=True, help="folder to write index.faiss + meta.json")
+        elif name == "masks":
+            s.add_argument("--num-queries", type=int, default=12, help="with --dataset: use N images")
+            s.add_argument("--num-masks", type=int, default=3, help="single masks shown under the fused one")
+            s.add_argument("--out", default="masks.png", help="PNG to write")
         else:
             s.add_argument("--index", required=True, help="folder written by occreid index")
             s.add_argument("--image", help="one query image")

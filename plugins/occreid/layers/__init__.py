@@ -12,3 +12,8 @@ from .relation_adaptive_module import RelationAdaptiveModule, RelationNetwork
 __all__ = ["CenterFocusModule", "center_crop", "ConverterModule", "RelationAdaptiveModule", "RelationNetwork",
            "OCNetBranches", "horizontal_parts", "DNLBlock", "ReconstructivePooling", "MomentumMeanFeature",
            "MultiHeadClassifier"]
+from .pan import (LocalEmbedding, MaskGenerator, PANBranches, PANBuffer, PANHead, pan_feature_maps,
+                  weighted_mask_pooling)
+
+__all__ += ["LocalEmbedding", "MaskGenerator", "PANBranches", "PANBuffer", "PANHead", "pan_feature_maps",
+            "weighted_mask_pooling"]
