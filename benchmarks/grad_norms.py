@@ -53,14 +53,20 @@ def build(config_file, opts, seed):
     return cfg, model, loader
 
 
-def term_gradients(model, batch):
-    """({term: gradient at the backbone output (B, C, h, w)}, {term: value}) for one batch."""
+def term_gradients(model, batch, at="backbone"):
+    """({term: gradient at the output of module ``at`` (B, C, h, w)}, {term: value}) for one batch.
+
+    ``at``: dotted module name, "backbone" by default; PAN runs its backbone in pieces, so for PAN give the
+    unit its global and local branches share (``backbone.conv4`` = Conv40 for OSNet, ``backbone.layer3``
+    for ResNet)."""
     captured = {}
-    handle = model.backbone.register_forward_hook(lambda m, i, o: captured.__setitem__("F", o))
+    handle = model.get_submodule(at).register_forward_hook(lambda m, i, o: captured.setdefault("F", o))
     try:
         losses = model(batch)
     finally:
         handle.remove()
+    if "F" not in captured:
+        raise ValueError(f"module {at!r} did not run in the training forward; give --at another module")
     fmap = captured["F"]
     grads, values = {}, {}
     for name, value in losses.items():
@@ -93,6 +99,8 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out")
+    parser.add_argument("--at", default="backbone", help="module whose output the gradients are taken at "
+                        "(default: backbone; PAN: backbone.conv4 = Conv40)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     cfg, model, loader = build(args.config_file, args.opts, args.seed)
@@ -102,11 +110,12 @@ def main(argv=None):
     it = iter(loader)
     for _ in range(args.batches):
         with EventStorage(0):  # FastReID's losses log their accuracy into one
-            grads, values = term_gradients(model, next(it))
+            grads, values = term_gradients(model, next(it), args.at)
         for name, stats in summarise(grads).items():
             sums.setdefault(name, []).append(stats)
             vals.setdefault(name, []).append(values[name])
-    lines = [f"Gradient of each loss term at the backbone output: `{args.config_file}` "
+    where = "the backbone output" if args.at == "backbone" else f"the output of `{args.at}`"
+    lines = [f"Gradient of each loss term at {where}: `{args.config_file}` "
              f"{' '.join(args.opts)} (seed {args.seed}, mean of {args.batches} real batches of "
              f"{cfg.SOLVER.IMS_PER_BATCH} sampled images)", "",
              "| term | value | grad norm (batch) | grad norm per image | cos with the other terms |",
