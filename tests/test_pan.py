@@ -401,3 +401,42 @@ def test_pan_trains_and_evaluates_on_real_occluded_duke(real_data_root, tmp_path
     assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
     for key in ("Rank-1", "mAP", "mINP"):
         assert math.isfinite(results[key]) and 0 <= results[key] <= 100
+
+
+def test_mask_grid_picture(tmp_path):
+    from PIL import Image
+    from conftest import write_jpeg
+    from occreid.evaluation.masks import draw_mask_grid, fuse_masks
+    paths = [write_jpeg(str(tmp_path / f"{i}.jpg"), seed=i, size=(128, 64)) for i in range(3)]
+    masks = np.zeros((3, 4, 16, 8), dtype=np.float32)
+    masks[:, 0, :8] = 1.0          # mask 1: upper half
+    masks[:, 1, 8:] = -2.0         # mask 2: lower half, negative
+    np.testing.assert_allclose(fuse_masks(masks[0])[0, 0], 1.0)
+    np.testing.assert_allclose(fuse_masks(masks[0])[15, 0], -2.0)
+    out = draw_mask_grid(paths, masks, str(tmp_path / "grid.png"), num_masks=2, captions=["a", "b", "c"])
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    # 3 columns of 64 px after a 48 px label column; rows: image, fused, mask 1, mask 2 (+ caption line)
+    assert img.shape[1] == 48 + 3 * 64 and img.shape[0] == 4 * 130 + 14
+    # mask 1 is high in the upper half: its tile differs from the plain image more at the top than the bottom
+    plain, m1 = img[0:128, 48:112], img[2 * 130:2 * 130 + 128, 48:112]
+    diff = np.abs(m1 - plain).sum(2)
+    assert diff[:60].mean() != pytest.approx(diff[68:].mean(), rel=0.05)
+    with pytest.raises(ValueError, match="3 images"):
+        draw_mask_grid(paths, masks[:2], str(tmp_path / "bad.png"))
+    with pytest.raises(OSError, match="missing.jpg"):
+        draw_mask_grid([str(tmp_path / "missing.jpg")], masks[:1], str(tmp_path / "bad.png"))
+
+
+def test_occreid_masks_command_on_real_queries(real_data_root, tmp_path, monkeypatch):
+    """``occreid masks`` on 4 real Occluded-Duke queries with the PAN CPU config (MSMT17 OSNet start)."""
+    from PIL import Image
+    from occreid.fastreid.cli import main
+    monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
+    out = tmp_path / "masks.png"
+    main(["masks", "--config-file", os.path.join(PAN_DIR, "occluded_duke_osnet_x0_25_cpu.yml"),
+          "--dataset", "OccludedDuke", "--num-queries", "4", "--out", str(out), "MODEL.DEVICE", "cpu"])
+    w, h = Image.open(out).size
+    assert w == 48 + 4 * 64 and h == 5 * 130 + 14
+    with pytest.raises(ValueError, match="has no masks"):
+        main(["masks", "--config-file", os.path.join(REPO, "projects", "BoT", "configs", "occluded_duke_osnet_x0_25_cpu.yml"),
+              "--dataset", "OccludedDuke", "--num-queries", "2", "--out", str(tmp_path / "x.png")])

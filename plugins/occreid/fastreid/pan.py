@@ -152,7 +152,7 @@ class PAN(nn.Module):
             "backbone": build_backbone(cfg), "unit": p.UNIT, "num_classes": cfg.MODEL.HEADS.NUM_CLASSES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
             "head_kwargs": {"num_masks": p.NUM_MASKS, "global_dim": p.GLOBAL_DIM, "local_dim": p.LOCAL_DIM,
-                            "shared_fc": True, "mask_source": p.MASK_SOURCE.lower(),
+                            "shared_fc": p.SHARED_FC, "mask_source": p.MASK_SOURCE.lower(),
                             "local_source": p.LOCAL_SOURCE.lower(), "mask_softmax": p.MASK_SOFTMAX.lower()},
             "id_weight": p.ID_WEIGHT, "tri_weight": p.TRI_WEIGHT, "ce_eps": cfg.MODEL.LOSSES.CE.EPSILON,
             "tri_margin": cfg.MODEL.LOSSES.TRI.MARGIN, "tri_hard_mining": cfg.MODEL.LOSSES.TRI.HARD_MINING,
