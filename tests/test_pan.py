@@ -405,9 +405,11 @@ def test_pan_trains_and_evaluates_on_real_occluded_duke(real_data_root, tmp_path
 
 def test_mask_grid_picture(tmp_path):
     from PIL import Image
-    from conftest import write_jpeg
     from occreid.evaluation.masks import draw_mask_grid, fuse_masks
-    paths = [write_jpeg(str(tmp_path / f"{i}.jpg"), seed=i, size=(128, 64)) for i in range(3)]
+    paths = []
+    for i in range(3):   # plain grey images, so the heat map's colour is what differs
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.new("RGB", (64, 128), (128, 128, 128)).save(paths[-1])
     masks = np.zeros((3, 4, 16, 8), dtype=np.float32)
     masks[:, 0, :8] = 1.0          # mask 1: upper half
     masks[:, 1, 8:] = -2.0         # mask 2: lower half, negative
@@ -417,10 +419,12 @@ def test_mask_grid_picture(tmp_path):
     img = np.asarray(Image.open(out).convert("RGB")).astype(int)
     # 3 columns of 64 px after a 48 px label column; rows: image, fused, mask 1, mask 2 (+ caption line)
     assert img.shape[1] == 48 + 3 * 64 and img.shape[0] == 4 * 130 + 14
-    # mask 1 is high in the upper half: its tile differs from the plain image more at the top than the bottom
-    plain, m1 = img[0:128, 48:112], img[2 * 130:2 * 130 + 128, 48:112]
-    diff = np.abs(m1 - plain).sum(2)
-    assert diff[:60].mean() != pytest.approx(diff[68:].mean(), rel=0.05)
+    # jet: high = red, low = blue. Mask 1 is high in the upper half, mask 2 (negative) high in the upper half
+    # too (its upper half, 0, is its maximum); the fused mask (1 on top, -2 below) likewise
+    for row in (1, 2, 3):
+        tile = img[row * 130:row * 130 + 128, 48:112]
+        top, bottom = tile[:56].mean((0, 1)), tile[72:].mean((0, 1))
+        assert top[0] > bottom[0] + 40 and bottom[2] > top[2] + 40, (row, top, bottom)
     with pytest.raises(ValueError, match="3 images"):
         draw_mask_grid(paths, masks[:2], str(tmp_path / "bad.png"))
     with pytest.raises(OSError, match="missing.jpg"):
