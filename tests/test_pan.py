@@ -200,8 +200,8 @@ def test_eq5_losses_against_an_independent_reference():
         g, l = out["global"], out["local"]
         p, n = l.shape[1:]
         g_bn = F.batch_norm(g, None, None, h.global_neck.weight, h.global_neck.bias, training=True, eps=h.global_neck.eps)
-        l_bn = F.batch_norm(l.reshape(-1, n), None, None, h.local_neck.weight, h.local_neck.bias, training=True,
-                            eps=h.local_neck.eps).view(-1, p, n)
+        l_bn = F.batch_norm(l.reshape(-1, p * n), None, None, h.local_neck.weight, h.local_neck.bias, training=True,
+                            eps=h.local_neck.eps).view(-1, p, n)   # statistics per part and channel
         y = b["targets"]
         l_g = _smoothed_ce(g_bn @ h.global_classifier.weight.t(), y)
         l_l = torch.stack([_smoothed_ce(l_bn[:, i] @ c.weight.t(), y) for i, c in enumerate(h.local_classifiers)]).mean()
@@ -444,3 +444,36 @@ def test_occreid_masks_command_on_real_queries(real_data_root, tmp_path, monkeyp
     with pytest.raises(ValueError, match="has no masks"):
         main(["masks", "--config-file", os.path.join(REPO, "projects", "BoT", "configs", "occluded_duke_osnet_x0_25_cpu.yml"),
               "--dataset", "OccludedDuke", "--num-queries", "2", "--out", str(tmp_path / "x.png")])
+
+
+@pytest.mark.parametrize("name,milestones", [("Base-PAN.yml", (60, 90))])
+def test_learning_rate_schedule_drops_at_the_papers_epochs(name, milestones):
+    """Sec. 3.1: 3.5e-5 -> 3.5e-4 over 20 epochs, x0.1 at epochs 60 and 90, with FastReID's own scheduler and
+    its rule (engine/hooks.py LRScheduler: warm-up steps per iteration while iter <= WARMUP_ITERS, then the
+    MultiStepLR steps after each epoch)."""
+    from fastreid.config import get_cfg
+    from fastreid.solver.build import build_lr_scheduler
+    import occreid.fastreid  # noqa: F401
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(PAN_DIR, name))
+    iters_per_epoch = cfg.SOLVER.WARMUP_ITERS // 20
+    # (Base-PAN's 4,880 warm-up iterations are 20 epochs of 244)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    sched = build_lr_scheduler(cfg, opt, iters_per_epoch)
+    lr_at_epoch_start = {}
+    it = 0
+    for epoch in range(cfg.SOLVER.MAX_EPOCH):
+        lr_at_epoch_start[epoch] = opt.param_groups[0]["lr"]
+        for _ in range(iters_per_epoch):
+            it += 1
+            if it <= cfg.SOLVER.WARMUP_ITERS:
+                sched["warmup_sched"].step()
+        if it > cfg.SOLVER.WARMUP_ITERS:   # after_epoch: trainer.iter + 1 (= iterations done) > WARMUP_ITERS
+            sched["lr_sched"].step()
+    assert lr_at_epoch_start[0] == pytest.approx(3.5e-5, rel=1e-3)
+    assert lr_at_epoch_start[21] == pytest.approx(3.5e-4, rel=1e-3)
+    first, second = milestones
+    assert lr_at_epoch_start[first - 1] == pytest.approx(3.5e-4, rel=1e-3)
+    assert lr_at_epoch_start[first] == pytest.approx(3.5e-5, rel=1e-3)
+    assert lr_at_epoch_start[second - 1] == pytest.approx(3.5e-5, rel=1e-3)
+    assert lr_at_epoch_start[second] == pytest.approx(3.5e-6, rel=1e-3)

@@ -1,6 +1,6 @@
 """occreid's FastReID adapter. ``import occreid.fastreid`` registers everything, exactly once:
 
-- the meta-architectures ``OCNet``, ``PAN`` and ``SGR`` in ``META_ARCH_REGISTRY``, the head ``SGRHead`` in
+- the meta-architectures ``OCNet``, ``PAN``, ``AlignedReID`` and ``SGR`` in ``META_ARCH_REGISTRY``, the head ``SGRHead`` in
   ``REID_HEADS_REGISTRY``;
 - the datasets of :mod:`occreid.fastreid.datasets` in ``DATASET_REGISTRY``;
 - occreid's config keys (:func:`add_occreid_config`) in FastReID's default config, so that
@@ -16,6 +16,7 @@ from fastreid.config.defaults import _C as _fastreid_default_cfg
 from .config import add_occreid_config, expand_config_paths
 from .datasets import OccReIDImageDataset, TestOnlyDatasetError, register_datasets
 from .evaluator import OccReIDEvaluator
+from .aligned import AlignedReID, register_aligned
 from .ocnet import OCNet, register_ocnet
 from .pan import PAN, register_pan
 from .sgr import SGR, SGRHead, register_sgr
@@ -23,9 +24,10 @@ from .trainer import OccReIDTrainer, ReIDImageDataset, check_checkpoint_matches
 
 register_datasets()
 register_ocnet()
+register_aligned()
 register_pan()
 register_sgr()
 add_occreid_config(_fastreid_default_cfg)
 
-__all__ = ["OCNet", "PAN", "SGR", "SGRHead", "add_occreid_config", "expand_config_paths", "OccReIDEvaluator", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
+__all__ = ["AlignedReID", "OCNet", "PAN", "SGR", "SGRHead", "add_occreid_config", "expand_config_paths", "OccReIDEvaluator", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
            "ReIDImageDataset", "check_checkpoint_matches", "register_datasets"]

@@ -16,6 +16,8 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
 
 ``MODEL.OCNET.*``
     OCNet's keys (:func:`occreid.fastreid.ocnet.add_ocnet_config`).
+``MODEL.ALIGNED.*``
+    AlignedReID + OBC's keys (:func:`occreid.fastreid.aligned.add_aligned_config`).
 ``MODEL.PAN.*``
     PAN's keys (:func:`occreid.fastreid.pan.add_pan_config`).
 ``MODEL.SGR.*``, ``INPUT.CBE.*``
@@ -59,10 +61,12 @@ def add_occreid_config(cfg):
         if key not in cfg.TEST.RERANK:
             cfg.TEST.RERANK[key] = value
     from .ocnet import add_ocnet_config
+    from .aligned import add_aligned_config
     from .pan import add_pan_config
     from .sgr import add_sgr_config
     add_ocnet_config(cfg)
     add_pan_config(cfg)
+    add_aligned_config(cfg)
     add_sgr_config(cfg)
     if frozen:
         cfg.freeze()

@@ -19,11 +19,14 @@ Eq. 5), ``TRI_WEIGHT`` (1), ``NECK_FEAT`` after | before.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastreid.config import configurable
 from fastreid.modeling.backbones import build_backbone
-from fastreid.modeling.losses import cross_entropy_loss, log_accuracy, triplet_loss
+from fastreid.modeling.losses import cross_entropy_loss, log_accuracy
+from fastreid.modeling.losses.triplet_loss import hard_example_mining
+from fastreid.modeling.losses.utils import cosine_dist, euclidean_dist
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.modeling.meta_arch.baseline import Baseline
 
@@ -83,18 +86,18 @@ def _channels(stem, block40, block50):
 
 class PANHeads(nn.Module):
     """PAN's new modules: ``pan`` (:class:`occreid.layers.PANHead`), ``global_neck`` / ``local_neck`` (BNNecks,
-    bias frozen; the local one shared by all parts when the FC is), ``global_classifier`` and
-    ``local_classifiers`` (one per part, PCB-style)."""
+    bias frozen; the local one has its own statistics per part and channel, whether the FC is shared or not, so
+    that Table 2's switch changes the FC only), ``global_classifier`` and ``local_classifiers`` (one per part,
+    PCB-style)."""
 
-    def __init__(self, pan: PANHead, num_classes: int, shared_fc: bool):
+    def __init__(self, pan: PANHead, num_classes: int):
         super().__init__()
         self.pan = pan
         p, n_g, n_l = pan.num_masks, pan.global_dim, pan.local_dim
         self.global_neck = nn.BatchNorm1d(n_g)
-        self.local_neck = nn.BatchNorm1d(n_l if shared_fc else p * n_l)
+        self.local_neck = nn.BatchNorm1d(p * n_l)
         for bn in (self.global_neck, self.local_neck):
             bn.bias.requires_grad_(False)
-        self.shared_neck = shared_fc
         self.global_classifier = nn.Linear(n_g, num_classes, bias=False)
         self.local_classifiers = nn.ModuleList(nn.Linear(n_l, num_classes, bias=False) for _ in range(p))
         for fc in [self.global_classifier, *self.local_classifiers]:
@@ -103,11 +106,7 @@ class PANHeads(nn.Module):
     def necks(self, glob: torch.Tensor, local: torch.Tensor):
         """BNNeck features: (B, N_g), (B, p, n_l) -> same shapes."""
         b, p, n = local.shape
-        if self.shared_neck:
-            local = self.local_neck(local.reshape(b * p, n)).view(b, p, n)
-        else:
-            local = self.local_neck(local.reshape(b, p * n)).view(b, p, n)
-        return self.global_neck(glob), local
+        return self.global_neck(glob), self.local_neck(local.reshape(b, p * n)).view(b, p, n)
 
 
 class PAN(nn.Module):
@@ -119,7 +118,8 @@ class PAN(nn.Module):
         head_kwargs: :class:`occreid.layers.PANHead` options (num_masks, global_dim, local_dim, shared_fc,
             mask_source, local_source, mask_softmax).
         id_weight: weight of L_g,id and of L_l,id (1/2, Eq. 5). tri_weight: weight of L_tri (1).
-        ce_eps: label smoothing. tri_margin: 0 = soft margin (the paper's). tri_hard_mining: batch-hard.
+        ce_eps: label smoothing. tri_margin: 0 = soft margin (the paper's). tri_hard_mining: must be True
+            (batch-hard; ValueError otherwise). tri_norm_feat: cosine instead of Euclidean distances.
         neck_feat: "after" (BNNeck features at test) or "before" (FC outputs).
     Train output: dict loss_cls_global, loss_cls_local (mean over the p local classifiers), loss_triplet (on
     f_cat before the BNNecks). Test output: (B, N_g + p n_l).
@@ -128,7 +128,7 @@ class PAN(nn.Module):
     @configurable
     def __init__(self, *, backbone, unit="stage", num_classes, pixel_mean, pixel_std, head_kwargs,
                  id_weight=0.5, tri_weight=1.0, ce_eps=0.1, tri_margin=0.0, tri_hard_mining=True,
-                 neck_feat="after"):
+                 tri_norm_feat=False, neck_feat="after"):
         super().__init__()
         if neck_feat not in ("after", "before"):
             raise ValueError(f"MODEL.PAN.NECK_FEAT must be 'after' or 'before', got {neck_feat!r}")
@@ -138,9 +138,12 @@ class PAN(nn.Module):
         c40, c50 = _channels(*pieces)
         self.buffer = PANBuffer(pieces[1], pieces[2], head_kwargs.get("mask_source", "conv50"),
                                 head_kwargs.get("local_source", "conv51"))
-        self.heads = PANHeads(PANHead(c40, c50, **head_kwargs), num_classes, head_kwargs.get("shared_fc", True))
+        self.heads = PANHeads(PANHead(c40, c50, **head_kwargs), num_classes)
         self.id_weight, self.tri_weight = id_weight, tri_weight
-        self.ce_eps, self.tri_margin, self.tri_hard_mining = ce_eps, tri_margin, tri_hard_mining
+        if not tri_hard_mining:
+            raise ValueError("PAN's triplet is batch-hard (the paper's Soft Margin Hard Mining Triplet Loss): "
+                             "MODEL.LOSSES.TRI.HARD_MINING must be True")
+        self.ce_eps, self.tri_margin, self.tri_norm_feat = ce_eps, tri_margin, tri_norm_feat
         self.neck_feat = neck_feat
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1), False)
@@ -156,7 +159,7 @@ class PAN(nn.Module):
                             "local_source": p.LOCAL_SOURCE.lower(), "mask_softmax": p.MASK_SOFTMAX.lower()},
             "id_weight": p.ID_WEIGHT, "tri_weight": p.TRI_WEIGHT, "ce_eps": cfg.MODEL.LOSSES.CE.EPSILON,
             "tri_margin": cfg.MODEL.LOSSES.TRI.MARGIN, "tri_hard_mining": cfg.MODEL.LOSSES.TRI.HARD_MINING,
-            "neck_feat": p.NECK_FEAT,
+            "tri_norm_feat": cfg.MODEL.LOSSES.TRI.NORM_FEAT, "neck_feat": p.NECK_FEAT,
         }
 
     @property
@@ -200,9 +203,20 @@ class PAN(nn.Module):
         return {
             "loss_cls_global": self.id_weight * cross_entropy_loss(logits_g, targets, self.ce_eps),
             "loss_cls_local": self.id_weight * l_id,
-            "loss_triplet": self.tri_weight * triplet_loss(f_cat, targets, self.tri_margin, False,
-                                                           self.tri_hard_mining),
+            "loss_triplet": self.tri_weight * self.triplet(f_cat, targets),
         }
+
+    def triplet(self, feat, targets):
+        """Batch-hard triplet on ``feat`` (B, D): soft margin log(1 + exp(d_ap - d_an)) when the margin is 0 (the
+        paper's), else max(0, d_ap - d_an + margin). Written with softplus, which stays finite where FastReID's
+        ``triplet_loss`` overflows and silently falls back to a 0.3 margin."""
+        dist = cosine_dist(feat, feat) if self.tri_norm_feat else euclidean_dist(feat, feat)
+        n = dist.shape[0]
+        is_pos = targets.view(n, 1).eq(targets.view(1, n)).float()
+        d_ap, d_an = hard_example_mining(dist, is_pos, 1 - is_pos)
+        if self.tri_margin > 0:
+            return F.relu(d_ap - d_an + self.tri_margin).mean()
+        return F.softplus(d_ap - d_an).mean()
 
 
 def add_pan_config(cfg):

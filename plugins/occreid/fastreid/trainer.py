@@ -36,14 +36,17 @@ from occreid.data.common import ReIDSplits
 from occreid.data.subset import subset_splits
 
 from .evaluator import OccReIDEvaluator
+from .aligned import aligned_distance_from_cfg
 from .ocnet import ocnet_distance_from_cfg
 
 #: meta-architectures whose network sees more images per step than the sampler gives (name -> cfg -> factor):
 #: SGR's Compound Batch Erasing feeds [RE(X); BcE(X)], two copies of the sampled batch X.
-IMAGES_PER_SAMPLE = {"SGR": lambda cfg: 2 if cfg.INPUT.CBE.ENABLED else 1}
+IMAGES_PER_SAMPLE = {"SGR": lambda cfg: 2 if cfg.INPUT.CBE.ENABLED else 1,
+                     # AlignedReID + OBC feeds [X; Occ(X)] (the clean and the occluded copy, Chakraborty et al. Sec. 4)
+                     "AlignedReID": lambda cfg: 2 if cfg.MODEL.ALIGNED.OBC.ENABLED else 1}
 
 #: meta-architectures whose test distance is not the plain metric of their features (name -> cfg -> fn)
-TEST_DISTANCES = {"OCNet": ocnet_distance_from_cfg}
+TEST_DISTANCES = {"OCNet": ocnet_distance_from_cfg, "AlignedReID": aligned_distance_from_cfg}
 
 logger = logging.getLogger(__name__)
 

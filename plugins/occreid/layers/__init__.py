@@ -1,5 +1,7 @@
 """Method layers: plain ``torch.nn`` modules named after the papers' terms (no toolbox import)."""
 
+from .aligned import (AlignedLocalBranch, HorizontalPooling, OcclusionClassifier, aligned_local_distance,
+                      shortest_path, stripe_distance)
 from .center_focus_module import CenterFocusModule, center_crop
 from .converter_module import ConverterModule
 from .dnl_block import DNLBlock
@@ -17,3 +19,5 @@ from .pan import (LocalEmbedding, MaskGenerator, PANBranches, PANBuffer, PANHead
 
 __all__ += ["LocalEmbedding", "MaskGenerator", "PANBranches", "PANBuffer", "PANHead", "pan_feature_maps",
             "weighted_mask_pooling"]
+__all__ += ["AlignedLocalBranch", "HorizontalPooling", "OcclusionClassifier", "aligned_local_distance",
+            "shortest_path", "stripe_distance"]
