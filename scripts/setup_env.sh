@@ -34,6 +34,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
   "$py" -m pip install --disable-pip-version-check -q -c "$cons" -r "$reqs"
   log "installing fastreid 1.4.0 without its (torch 1.13) dependency pins"
   "$py" -m pip install --disable-pip-version-check -q --no-deps -c "$cons" fastreid
+  # grad-cam (saliency maps) depends on opencv-python, which would install a second cv2 over
+  # opencv-python-headless; its other dependencies (ttach, ...) are in requirements.txt
+  log "installing grad-cam without its opencv-python dependency"
+  "$py" -m pip install --disable-pip-version-check -q --no-deps -c "$cons" grad-cam
   log "installing occreid (editable)"
   "$py" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e "$root"
 else

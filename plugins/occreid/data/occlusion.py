@@ -106,3 +106,39 @@ class OcclusionSimulator:
             else:
                 out[k, :, t:t + ph, l:l + pw] = fill[k].view(c, 1, 1)
         return out
+
+
+def occlude_split(items, simulator: OcclusionSimulator, cache_dir: str, desc: str = "occluding"):
+    """Occluded copies of a split's images, written once to ``cache_dir`` and reused.
+
+    Each image gets the draw of :meth:`OcclusionSimulator.occlude_path_deterministic` (seeded by the simulator's
+    seed and the image path), so the occluded set is the same on every run and machine. The copies keep the
+    file names under ``cache_dir`` (PNG, lossless) and the items keep their pid / camid.
+
+    Args:
+        items: ``(path, pid, camid)`` tuples. simulator: the occluder (its ``seed`` must be set).
+        cache_dir: folder for this (dataset, split, simulator) combination; created if missing.
+    Returns: a new list of ``(cached_path, pid, camid)``.
+    Raises: ValueError without a seed; OSError naming an unreadable image.
+    """
+    import os
+    from tqdm import tqdm
+
+    if simulator.seed is None:
+        raise ValueError("occlude_split needs a simulator with a seed (a reproducible occluded test set)")
+    os.makedirs(cache_dir, exist_ok=True)
+    out = []
+    for path, pid, camid in tqdm(items, desc=desc, unit="img", disable=len(items) < 200):
+        key = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
+        target = os.path.join(cache_dir, f"{os.path.splitext(os.path.basename(path))[0]}_{key}.png")
+        if not os.path.isfile(target):
+            try:
+                img = Image.open(path)
+                img.load()
+            except OSError as e:
+                raise OSError(f"cannot read image {path}: {e}") from e
+            tmp = target + ".tmp.png"
+            simulator.occlude_path_deterministic(os.path.basename(path), img).save(tmp)
+            os.replace(tmp, target)   # a crash never leaves a half-written image in the cache
+        out.append((target, pid, camid))
+    return out

@@ -1,5 +1,7 @@
 """``occreid index`` / ``occreid search``: a gallery index on disk and retrieval against it;
-``occreid masks``: the masks of a part-based model (PAN) drawn over images, like PAN's Fig. 4.
+``occreid masks``: the masks of a part-based model (PAN) drawn over images, like PAN's Fig. 4;
+``occreid saliency``: Grad-CAM maps of any model's embeddings, each image beside its occluded copy (the
+occlusion simulator), like Chakraborty et al.'s Fig. 2.
 
     occreid index  --config-file CFG [--weights W] (--dataset NAME [--split gallery] | --folder DIR) --out IDX
     occreid search --config-file CFG [--weights W] --index IDX
@@ -8,6 +10,8 @@
 
     occreid masks  --config-file CFG [--weights W] (--dataset NAME [--split query] [--num-queries 12] | --folder DIR)
                    [--num-masks 3] [--out masks.png]
+    occreid saliency --config-file CFG [--weights W] (--dataset NAME [--num-queries 8] | --folder DIR)
+                   [--occlude-area 0.305] [--fill mean] [--out saliency.png]
 
 Features come from a FastReID model built from the config (plus occreid's registrations) and
 ``--weights`` (a trained checkpoint; without it, the backbone's ``PRETRAIN_PATH``). The index stores
@@ -199,10 +203,43 @@ def cmd_masks(args):
     print(f"{len(items)} images, {masks.shape[1]} masks of {masks.shape[2]} x {masks.shape[3]} -> {out}")
 
 
+def cmd_saliency(args):
+    from fastreid.data.build import fast_batch_collator
+    from fastreid.data.transforms import build_transforms
+    from PIL import Image
+    from occreid.data.occlusion import OcclusionSimulator
+    from occreid.evaluation.saliency import draw_saliency_grid, grad_cam_maps
+    from occreid.fastreid import ReIDImageDataset
+
+    cfg = _setup_cfg(args)
+    model = build_feature_model(cfg)
+    items = _items(args, cfg, default_split="query")
+    if not getattr(args, "num_queries", 0):
+        items = items[:8]
+    pil, names = [], []
+    sim = OcclusionSimulator(float(args.occlude_area), args.fill, seed=0) if args.occlude_area > 0 else None
+    for path, pid, _ in items:
+        try:
+            img = Image.open(path).convert("RGB")
+        except OSError as e:
+            raise OSError(f"cannot read image {path}: {e}") from e
+        pil.append(img)
+        names.append(f"pid {pid}")
+        if sim is not None:
+            pil.append(sim.occlude_path_deterministic(os.path.basename(path), img))
+            names.append("occluded")
+    transform = build_transforms(cfg, is_train=False)
+    images = torch.stack([transform(im) for im in pil]).to(model.device)
+    maps = grad_cam_maps(model, images)
+    out = draw_saliency_grid(pil, maps, args.out, captions=names, columns_per_group=2 if sim else 1)
+    print(f"{len(items)} images{' and their occluded copies' if sim else ''}: Grad-CAM at the last backbone "
+          f"stage -> {out}")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="occreid", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn in (("index", cmd_index), ("search", cmd_search), ("masks", cmd_masks)):
+    for name, fn in (("index", cmd_index), ("search", cmd_search), ("masks", cmd_masks), ("saliency", cmd_saliency)):
         s = sub.add_parser(name)
         s.set_defaults(fn=fn)
         s.add_argument("--config-file", required=True)
@@ -214,6 +251,12 @@ def build_parser():
         s.add_argument("--num-workers", type=int, default=2)
         if name == "index":
             s.add_argument("--out", required=True, help="folder to write index.faiss + meta.json")
+        elif name == "saliency":
+            s.add_argument("--num-queries", type=int, default=8, help="with --dataset: use N images")
+            s.add_argument("--occlude-area", type=float, default=0.305,
+                           help="also show each image occluded (area fraction; 0: no occluded copies)")
+            s.add_argument("--fill", default="mean", choices=["mean", "black", "noise"])
+            s.add_argument("--out", default="saliency.png", help="PNG to write")
         elif name == "masks":
             s.add_argument("--num-queries", type=int, default=12, help="with --dataset: use N images")
             s.add_argument("--num-masks", type=int, default=3, help="single masks shown under the fused one")

@@ -9,6 +9,11 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
 ``DATASETS.SUBSET.MODE`` (``"first"`` | ``"random"``), ``DATASETS.SUBSET.SEED`` (int)
     how identities are chosen.
 
+``DATASETS.OCCLUSION.{ENABLED, SPLITS, AREA, FILL, SEED, CACHE_DIR}``
+    evaluate on occluded copies of the test splits (default: the query only, as "Occluded Market-1501" of
+    Chakraborty et al.): a patch of ``AREA`` (fraction of the image; 0.305 = 50 x 50 of 128 x 64) filled with
+    ``FILL`` (mean | black | noise), deterministic from ``SEED``, cached in ``CACHE_DIR``
+    (``~/.cache/occreid/occluded``). Works for every registered dataset and every model.
 ``TEST.RERANK.MODE`` (``"fastreid"`` | ``"zhong"``), ``TEST.RERANK.SEARCH`` (``"exact"`` | ``"faiss"`` |
 ``"ivf"`` | ``"hnsw"``)
     with FastReID's ``TEST.RERANK.ENABLED/K1/K2/LAMBDA``: occreid's scalable re-ranking
@@ -51,6 +56,9 @@ def add_occreid_config(cfg):
     for key, value in (("TRAIN_IDS", 0), ("TEST_IDS", 0), ("MODE", "first"), ("SEED", 0)):
         if key not in sub:
             sub[key] = value
+    if "OCCLUSION" not in cfg.DATASETS:
+        cfg.DATASETS.OCCLUSION = CN({"ENABLED": False, "SPLITS": ["query"], "AREA": 0.305, "FILL": "mean",
+                                     "SEED": 0, "CACHE_DIR": ""})
     if "LOG_PERIOD" not in cfg.SOLVER:
         cfg.SOLVER.LOG_PERIOD = 20
     if "BUDGET_IMAGES" not in cfg.SOLVER:

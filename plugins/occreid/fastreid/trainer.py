@@ -117,6 +117,28 @@ def load_checked_weights(model, path):
     return model
 
 
+def occluded_splits(cfg, dataset_name, query, gallery):
+    """``DATASETS.OCCLUSION``: the query (and / or gallery) images replaced by occluded copies made by
+    :class:`occreid.data.occlusion.OcclusionSimulator` (Chakraborty et al., Algorithm 1), deterministic from
+    ``SEED`` and cached under ``CACHE_DIR`` (default ``~/.cache/occreid/occluded``). Returns (query, gallery)."""
+    occ = cfg.DATASETS.OCCLUSION
+    if not occ.ENABLED or occ.AREA <= 0:
+        return query, gallery
+    from occreid.data.occlusion import OcclusionSimulator, occlude_split
+    bad = set(occ.SPLITS) - {"query", "gallery"}
+    if bad:
+        raise ValueError(f"DATASETS.OCCLUSION.SPLITS: unknown split(s) {sorted(bad)} (query, gallery)")
+    sim = OcclusionSimulator(float(occ.AREA), occ.FILL, seed=occ.SEED)
+    root = os.path.expanduser(occ.CACHE_DIR or "~/.cache/occreid/occluded")
+    out = {"query": query, "gallery": gallery}
+    for split in occ.SPLITS:
+        folder = os.path.join(root, f"{dataset_name}_{split}_area{occ.AREA:g}_{occ.FILL}_seed{occ.SEED}")
+        out[split] = occlude_split(out[split], sim, folder, desc=f"occluding {dataset_name} {split}")
+        logger.info(f"{dataset_name}: {split} occluded ({occ.FILL} patch, {occ.AREA:.0%} of the image, seed "
+                    f"{occ.SEED}), cached in {folder}")
+    return out["query"], out["gallery"]
+
+
 def seed_everything(seed: int) -> bool:
     """Seed python's ``random``, numpy and torch with ``seed`` (the ``SEED`` key) when it is >= 0.
 
@@ -256,6 +278,7 @@ class OccReIDTrainer(DefaultTrainer):
                         f"{len(query)} query / {len(gallery)} gallery images")
         elif comm.is_main_process():
             data.show_test()
+        query, gallery = occluded_splits(cfg, dataset_name, query, gallery)
         test_set = ReIDImageDataset(query + gallery, build_transforms(cfg, is_train=False), relabel=False)
         return build_reid_test_loader(test_set=test_set, test_batch_size=cfg.TEST.IMS_PER_BATCH,
                                       num_query=len(query), num_workers=cfg.DATALOADER.NUM_WORKERS)
