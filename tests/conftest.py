@@ -98,3 +98,25 @@ def tiny_osnet_cfg(path):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.HEADS.NUM_CLASSES = 4
     return cfg
+
+
+def build_cfg_and_model(path, opts=(), num_classes=4, resnet=False):
+    """(cfg, model) of the config at ``path`` with trailing ``opts`` (KEY, VALUE, ...), random weights, CPU, seed 0.
+
+    ``resnet=False``: on the tiny OSNet x0.25 of :func:`tiny_osnet_cfg`; ``resnet=True``: the backbone as written
+    (ResNet-50 for the paper configs), only ``PRETRAIN``, ``NUM_CLASSES`` and the device changed."""
+    import torch
+    from fastreid.modeling import build_model
+    if resnet:
+        import occreid.fastreid  # noqa: F401
+        from fastreid.config import get_cfg
+        cfg = get_cfg()
+        cfg.merge_from_file(path)
+        cfg.MODEL.BACKBONE.PRETRAIN = False
+        cfg.MODEL.HEADS.NUM_CLASSES = num_classes
+        cfg.MODEL.DEVICE = "cpu"
+    else:
+        cfg = tiny_osnet_cfg(path)
+    cfg.merge_from_list(list(opts))
+    torch.manual_seed(0)
+    return cfg, build_model(cfg)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import tiny_osnet_cfg
+from conftest import build_cfg_and_model as _build
 from occreid.data.occlusion import OcclusionSimulator
 from occreid.layers import AlignedLocalBranch, aligned_local_distance, shortest_path, stripe_distance
 
@@ -157,22 +157,6 @@ def test_simulator_on_a_batch_uses_each_images_mean():
 
 # ----------------------------------------------------------------------------------------------
 # The meta-architecture
-
-def _build(path, opts=(), resnet=False):
-    from fastreid.modeling import build_model
-    if resnet:
-        import occreid.fastreid  # noqa: F401
-        from fastreid.config import get_cfg
-        cfg = get_cfg()
-        cfg.merge_from_file(path)
-        cfg.MODEL.BACKBONE.PRETRAIN = False
-        cfg.MODEL.HEADS.NUM_CLASSES = 4
-        cfg.MODEL.DEVICE = "cpu"
-    else:
-        cfg = tiny_osnet_cfg(path)
-    cfg.merge_from_list(list(opts))
-    torch.manual_seed(0)
-    return cfg, build_model(cfg)
 
 
 def _batch(b=8, h=128, w=64, seed=0):

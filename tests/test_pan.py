@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_osnet_cfg, train_on_real_subset
+from conftest import build_cfg_and_model as _build, train_on_real_subset
 from occreid.layers import LocalEmbedding, MaskGenerator, PANBranches, PANBuffer, weighted_mask_pooling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,22 +116,6 @@ def test_gradients_reach_mask_generator_buffer_and_backbone():
 
 # ----------------------------------------------------------------------------------------------
 # The meta-architecture
-
-def _build(path, opts=(), num_classes=4, resnet=False):
-    from fastreid.modeling import build_model
-    if resnet:
-        import occreid.fastreid  # noqa: F401
-        from fastreid.config import get_cfg
-        cfg = get_cfg()
-        cfg.merge_from_file(path)
-        cfg.MODEL.BACKBONE.PRETRAIN = False
-        cfg.MODEL.HEADS.NUM_CLASSES = num_classes
-        cfg.MODEL.DEVICE = "cpu"
-    else:
-        cfg = tiny_osnet_cfg(path)
-    cfg.merge_from_list(list(opts))
-    torch.manual_seed(0)
-    return cfg, build_model(cfg)
 
 
 def _batch(b=8, h=128, w=64, seed=0):

@@ -92,6 +92,14 @@ class LocalEmbedding(nn.Module):
         return torch.stack([fc(x[:, i]) for i, fc in enumerate(self.fcs)], dim=1)
 
 
+def check_sources(mask_source: str, local_source: str) -> None:
+    """Raise ValueError unless the sources are among :data:`MASK_SOURCES` / :data:`LOCAL_SOURCES` (Table 3)."""
+    if mask_source not in MASK_SOURCES:
+        raise ValueError(f"mask source must be one of {MASK_SOURCES}, got {mask_source!r}")
+    if local_source not in LOCAL_SOURCES:
+        raise ValueError(f"local source must be one of {LOCAL_SOURCES}, got {local_source!r}")
+
+
 class PANBuffer(nn.Module):
     """The buffer layers of Table 3: deep copies of the pretrained units, trained separately from then on.
 
@@ -109,10 +117,7 @@ class PANBuffer(nn.Module):
     def __init__(self, block40: nn.Module, block50: nn.Module, mask_source: str = "conv50",
                  local_source: str = "conv51"):
         super().__init__()
-        if mask_source not in MASK_SOURCES:
-            raise ValueError(f"mask source must be one of {MASK_SOURCES}, got {mask_source!r}")
-        if local_source not in LOCAL_SOURCES:
-            raise ValueError(f"local source must be one of {LOCAL_SOURCES}, got {local_source!r}")
+        check_sources(mask_source, local_source)
         self.conv41 = copy.deepcopy(block40) if mask_source == "conv41" else None
         self.conv51 = copy.deepcopy(block50) if local_source == "conv51" else None
 
@@ -143,10 +148,7 @@ class PANHead(nn.Module):
                  shared_fc: bool = True, mask_source: str = "conv50", local_source: str = "conv51",
                  mask_softmax: str = "none"):
         super().__init__()
-        if mask_source not in MASK_SOURCES:
-            raise ValueError(f"mask source must be one of {MASK_SOURCES}, got {mask_source!r}")
-        if local_source not in LOCAL_SOURCES:
-            raise ValueError(f"local source must be one of {LOCAL_SOURCES}, got {local_source!r}")
+        check_sources(mask_source, local_source)
         self.mask_source, self.local_source = mask_source, local_source
         c1 = c40 if mask_source in ("conv40", "conv41") else c50
         self.mask_generator = MaskGenerator(c1, num_masks, mask_softmax)
