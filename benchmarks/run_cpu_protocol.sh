@@ -12,9 +12,10 @@ $C --only "OCNet, SL off (Table 2 index 7)"
 $C --only BoT SBS OCNet SGR --seeds 1
 $C --only PAN --seeds 0
 $C --only BoT SBS OCNet SGR --seeds 2
+$C --only "SGR, [RE(X); RE(X)] control"
 $C --only PAN --seeds 1 2
 $C --only "AlignedReID + OBC" --seeds 0
 $C --only "AlignedReID, no OBC (Table 1 baseline)"
 $C --only "PAN, no buffer layer (Table 3 row 5)"
-$C --only "SGR, [RE(X); RE(X)] control" "OCNet, no backbone freeze"
+$C --only "OCNet, no backbone freeze"
 $C
