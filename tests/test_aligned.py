@@ -353,7 +353,7 @@ def test_grad_cam_maps_of_an_embedding_model():
 
 @pytest.mark.slow
 def test_robustness_curve_and_saliency_on_real_occluded_duke(real_data_root, tmp_path, monkeypatch):
-    """The robustness curve of the MSMT17 OSNet x0.25 (zero-shot, AlignedReID features) on 10 real query
+    """The robustness curve of the MSMT17 OSNet x0.25 (zero-shot, AlignedReID features) on 20 real query
     identities: occluding the query images hurts; and the saliency command's grid."""
     import sys
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -362,7 +362,7 @@ def test_robustness_curve_and_saliency_on_real_occluded_duke(real_data_root, tmp
     monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
     cfg = os.path.join(AL_DIR, "occluded_duke_osnet_x0_25_cpu.yml")
     rows = robustness_curve.main(["--config-file", cfg, "--areas", "0", "0.4", "--out", str(tmp_path / "rob"),
-                                  "DATASETS.SUBSET.TEST_IDS", "10", "DATASETS.SUBSET.MODE", "random",
+                                  "DATASETS.SUBSET.TEST_IDS", "20", "DATASETS.SUBSET.MODE", "random",
                                   "DATASETS.OCCLUSION.CACHE_DIR", str(tmp_path / "cache"), "DATALOADER.NUM_WORKERS", "1"])
     clean, occluded = rows[0], rows[1]
     assert occluded[3] < clean[3]                                    # mAP drops with 40 % of each query hidden
