@@ -48,3 +48,9 @@ run pan_local_dim_ignored plugins/occreid/fastreid/pan.py '"local_dim": p.LOCAL_
 run pan_pooling_no_abs plugins/occreid/layers/pan.py 'den = masks.abs().sum(dim=(2, 3))' 'den = masks.sum(dim=(2, 3))' tests/test_pan.py -k weighted_pooling
 run pan_buffer_shared plugins/occreid/layers/pan.py 'self.conv51 = copy.deepcopy(block50) if' 'self.conv51 = block50 if' tests/test_pan.py -k "buffer or table3"
 run pan_local_id_weight plugins/occreid/fastreid/pan.py '"loss_cls_local": self.id_weight * l_id' '"loss_cls_local": l_id' tests/test_pan.py -k eq5
+run aligned_obc_ignored plugins/occreid/fastreid/aligned.py '"obc": a.OBC.ENABLED' '"obc": True' tests/test_aligned.py -k "switches and no_obc"
+run aligned_alpha_ignored plugins/occreid/fastreid/aligned.py '"alpha": a.OBC.ALPHA' '"alpha": 0.8' tests/test_aligned.py -k "switches and alpha_0.5"
+run aligned_fill_ignored plugins/occreid/fastreid/aligned.py '"obc_fill": a.OBC.FILL' '"obc_fill": "mean"' tests/test_aligned.py -k "switches and black"
+run aligned_test_distance_ignored plugins/occreid/fastreid/aligned.py 'c, mode = cfg.MODEL.BACKBONE.FEAT_DIM, cfg.MODEL.ALIGNED.TEST_DISTANCE' 'c, mode = cfg.MODEL.BACKBONE.FEAT_DIM, "global"' tests/test_aligned.py -k test_distances
+run aligned_local_hard_pairs plugins/occreid/fastreid/aligned.py 'd_an = aligned_local_distance(local, local[neg], paired=True)' 'd_an = aligned_local_distance(local, local[pos], paired=True)' tests/test_aligned.py -k losses_against
+run aligned_path_no_min plugins/occreid/layers/aligned.py 'acc = torch.minimum(prev[j], row[j - 1]) + cell' 'acc = prev[j] + cell' tests/test_aligned.py -k brute_force
