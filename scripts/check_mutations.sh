@@ -54,3 +54,4 @@ run aligned_fill_ignored plugins/occreid/fastreid/aligned.py '"obc_fill": a.OBC.
 run aligned_test_distance_ignored plugins/occreid/fastreid/aligned.py 'c, mode = cfg.MODEL.BACKBONE.FEAT_DIM, cfg.MODEL.ALIGNED.TEST_DISTANCE' 'c, mode = cfg.MODEL.BACKBONE.FEAT_DIM, "global"' tests/test_aligned.py -k test_distances
 run aligned_local_hard_pairs plugins/occreid/fastreid/aligned.py 'd_an = aligned_local_distance(local, local[neg], paired=True)' 'd_an = aligned_local_distance(local, local[pos], paired=True)' tests/test_aligned.py -k losses_against
 run aligned_path_no_min plugins/occreid/layers/aligned.py 'acc = torch.minimum(prev[j], row[j - 1]) + cell' 'acc = prev[j] + cell' tests/test_aligned.py -k brute_force
+run aligned_obc_neck_ignored plugins/occreid/fastreid/aligned.py '"obc_neck": a.OBC.NECK' '"obc_neck": "none"' tests/test_aligned.py -k "switches and bn_neck"

@@ -217,14 +217,17 @@ def test_every_term_reaches_the_backbone():
         assert g.norm() > 0, k
 
 
-@pytest.mark.parametrize("name,obc,alpha,fill", [
-    ("market1501_r50.yml", True, 0.8, "mean"), ("market1501_r50_no_obc.yml", False, 1.0, None),
-    ("ablation/alpha_0.5.yml", True, 0.5, "mean"), ("ablation/alpha_0.9.yml", True, 0.9, "mean"),
-    ("ablation/black_patch.yml", True, 0.8, "black")])
-def test_obc_switches_from_configs_as_written(name, obc, alpha, fill):
+@pytest.mark.parametrize("name,obc,alpha,fill,neck", [
+    ("market1501_r50.yml", True, 0.8, "mean", "none"), ("market1501_r50_no_obc.yml", False, 1.0, None, None),
+    ("ablation/alpha_0.5.yml", True, 0.5, "mean", "none"), ("ablation/alpha_0.9.yml", True, 0.9, "mean", "none"),
+    ("ablation/black_patch.yml", True, 0.8, "black", "none"), ("ablation/obc_bn_neck.yml", True, 0.8, "mean", "bn")])
+def test_obc_switches_from_configs_as_written(name, obc, alpha, fill, neck):
     from fastreid.utils.events import EventStorage
     cfg, model = _build(os.path.join(AL_DIR, name), resnet=True)
     assert (model.heads.obc is not None) == obc and model.alpha == alpha
+    if obc:
+        bn = [m for m in model.heads.obc.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+        assert len(bn) == (1 if neck == "bn" else 0)
     assert (model.simulator is not None) == obc
     if fill:
         assert model.simulator.fill == fill
@@ -241,6 +244,9 @@ def test_obc_switches_from_configs_as_written(name, obc, alpha, fill):
     if obc:
         (g,) = torch.autograd.grad(losses["loss_obc"], rec["F"], retain_graph=True)
         assert g.norm() > 0
+        if neck == "bn":   # the BN's batch statistics are in the loss: it is used, and it moved its running mean
+            (gw,) = torch.autograd.grad(losses["loss_obc"], bn[0].weight, retain_graph=True)
+            assert gw.norm() > 0 and bn[0].running_mean.abs().sum() > 0
         # the occluded half really carries the fill: black patches are 0 in the raw images
         occ = model.simulator.occlude_batch(b["images"], torch.Generator().manual_seed(0))
         if fill == "black":

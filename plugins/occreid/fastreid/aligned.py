@@ -14,7 +14,8 @@ which the comparison protocol's budget counts (:data:`occreid.fastreid.trainer.I
 Config ``MODEL.ALIGNED.*`` (defaults = the paper's, projects/AlignedReID/README.md): ``LOCAL_DIM`` c (128),
 ``POOL`` avg | max (global and horizontal pooling), ``ID_WEIGHT`` (0: the paper's loss is triplet only),
 ``TEST_DISTANCE`` global | local | sum, ``OBC.ENABLED``, ``OBC.ALPHA`` (0.8, Sec. 6.5), ``OBC.SIZE``
-(patch area fraction, 0.305 = 50 x 50 on Market-1501's 128 x 64 images), ``OBC.FILL`` mean | black | noise.
+(patch area fraction, 0.305 = 50 x 50 on Market-1501's 128 x 64 images), ``OBC.FILL`` mean | black | noise,
+``OBC.NECK`` none | bn (BatchNorm1d before the OBC's FC, not in the paper).
 """
 
 import numpy as np
@@ -48,10 +49,10 @@ class AlignedHeads(nn.Module):
     """AlignedReID's new modules: ``local`` (:class:`occreid.layers.AlignedLocalBranch`), ``obc``
     (:class:`occreid.layers.OcclusionClassifier` or None) and ``classifier`` (identity, or None)."""
 
-    def __init__(self, feat_dim, local_dim, pool, obc, num_classes, id_loss):
+    def __init__(self, feat_dim, local_dim, pool, obc, num_classes, id_loss, obc_neck="none"):
         super().__init__()
         self.local = AlignedLocalBranch(feat_dim, local_dim, pool)
-        self.obc = OcclusionClassifier(feat_dim) if obc else None
+        self.obc = OcclusionClassifier(feat_dim, neck=obc_neck) if obc else None
         self.classifier = nn.Linear(feat_dim, num_classes, bias=False) if id_loss else None
         if self.classifier is not None:
             nn.init.normal_(self.classifier.weight, std=0.01)
@@ -65,6 +66,7 @@ class AlignedReID(nn.Module):
         num_classes: training identities (used only with ``id_weight`` > 0).
         obc: the occlusion classifier and the occluded copy of each batch (Sec. 4). alpha: Eq. 3.
         obc_size, obc_fill: the simulator (:class:`occreid.data.occlusion.OcclusionSimulator`).
+        obc_neck: "none" (the paper's FC) | "bn" (:class:`occreid.layers.OcclusionClassifier`).
         tri_margin: margin of both triplet terms (AlignedReID: 0.3). id_weight: optional identity loss.
     Train output: loss_triplet_global, loss_triplet_local (each times alpha with OBC), loss_obc ((1 - alpha) L_O),
     loss_cls (if id_weight). Test output: (B, C + h c) = [global, local stripes], split by
@@ -73,10 +75,10 @@ class AlignedReID(nn.Module):
 
     @configurable
     def __init__(self, *, backbone, feat_dim, local_dim=128, pool="avg", num_classes=0, obc=True, alpha=0.8,
-                 obc_size=0.305, obc_fill="mean", tri_margin=0.3, id_weight=0.0, ce_eps=0.1, pixel_mean, pixel_std):
+                 obc_size=0.305, obc_fill="mean", obc_neck="none", tri_margin=0.3, id_weight=0.0, ce_eps=0.1, pixel_mean, pixel_std):
         super().__init__()
         self.backbone = backbone
-        self.heads = AlignedHeads(feat_dim, local_dim, pool, obc, num_classes, id_weight > 0)
+        self.heads = AlignedHeads(feat_dim, local_dim, pool, obc, num_classes, id_weight > 0, obc_neck)
         self.pool = pool
         self.alpha = alpha if obc else 1.0
         self.simulator = OcclusionSimulator(float(obc_size), obc_fill) if obc else None
@@ -90,7 +92,7 @@ class AlignedReID(nn.Module):
         return {
             "backbone": build_backbone(cfg), "feat_dim": cfg.MODEL.BACKBONE.FEAT_DIM, "local_dim": a.LOCAL_DIM,
             "pool": a.POOL, "num_classes": cfg.MODEL.HEADS.NUM_CLASSES, "obc": a.OBC.ENABLED, "alpha": a.OBC.ALPHA,
-            "obc_size": a.OBC.SIZE, "obc_fill": a.OBC.FILL, "tri_margin": cfg.MODEL.LOSSES.TRI.MARGIN,
+            "obc_size": a.OBC.SIZE, "obc_fill": a.OBC.FILL, "obc_neck": a.OBC.NECK, "tri_margin": cfg.MODEL.LOSSES.TRI.MARGIN,
             "id_weight": a.ID_WEIGHT, "ce_eps": cfg.MODEL.LOSSES.CE.EPSILON,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -188,7 +190,8 @@ def add_aligned_config(cfg):
     a.TEST_DISTANCE = "global"   # global | local | sum
     a.OBC = CN({"ENABLED": True, "ALPHA": 0.8,   # Eq. 3, alpha = 0.8 (Sec. 6.5)
                 "SIZE": 0.305,                   # patch area fraction: 50 x 50 of a 128 x 64 image (Alg. 1)
-                "FILL": "mean"})                 # Alg. 1: the image's mean colour (Sec. 6.4: black first)
+                "FILL": "mean",                  # Alg. 1: the image's mean colour (Sec. 6.4: black first)
+                "NECK": "none"})                 # "bn": BatchNorm1d before the FC (not in the paper, README)
     return cfg
 
 
