@@ -55,3 +55,13 @@ run aligned_test_distance_ignored plugins/occreid/fastreid/aligned.py 'c, mode =
 run aligned_local_hard_pairs plugins/occreid/fastreid/aligned.py 'd_an = aligned_local_distance(local, local[neg], paired=True)' 'd_an = aligned_local_distance(local, local[pos], paired=True)' tests/test_aligned.py -k losses_against
 run aligned_path_no_min plugins/occreid/layers/aligned.py 'acc = torch.minimum(prev[j], row[j - 1]) + cell' 'acc = prev[j] + cell' tests/test_aligned.py -k brute_force
 run aligned_obc_neck_ignored plugins/occreid/fastreid/aligned.py '"obc_neck": a.OBC.NECK' '"obc_neck": "none"' tests/test_aligned.py -k "switches and bn_neck"
+run amd_part_attention_ignored plugins/occreid/fastreid/amdnet.py '"part_attention": a.PART_ATTENTION' '"part_attention": True' tests/test_amdnet.py -k "table2 and wo_part"
+run amd_sim_ignored plugins/occreid/fastreid/amdnet.py '"sim": a.SIM.ENABLED' '"sim": True' tests/test_amdnet.py -k "table2 and wo_sim"
+run amd_tff_ignored plugins/occreid/fastreid/amdnet.py '"tff": a.TFF.ENABLED' '"tff": True' tests/test_amdnet.py -k "table2 and wo_tff"
+run amd_part_loss_ignored plugins/occreid/fastreid/amdnet.py '"part_loss": a.PART_LOSS' '"part_loss": "part_soft"' tests/test_amdnet.py -k "table2 and part_"
+run amd_parsing_weight_ignored plugins/occreid/fastreid/amdnet.py '"parsing_weight": a.PARSING_WEIGHT' '"parsing_weight": 1.0' tests/test_amdnet.py -k parsing_weight
+run amd_no_head_weight plugins/occreid/layers/amdnet.py '    w[0] += beta_head' '    w[0] += 0.0' tests/test_amdnet.py -k "eq12 or references"
+run amd_pool_by_mass plugins/occreid/layers/amdnet.py 'f_parts = torch.einsum("bchw,bkhw->bkc", fmap, parts) / (h * w)' 'f_parts = torch.einsum("bchw,bkhw->bkc", fmap, parts) / parts.sum((2, 3))[..., None].clamp(min=1e-6)' tests/test_amdnet.py -k "pooling or references"
+run amd_tff_no_3delta plugins/occreid/layers/amdnet.py 'return tau1 + self.gated(tau) + 3.0 * delta' 'return tau1 + self.gated(tau) + delta' tests/test_amdnet.py -k eq11
+run amd_sim_no_amplitude plugins/occreid/layers/amdnet.py 'spec = torch.polar(amp, self.phase_conv(pha))' 'spec = torch.polar(torch.ones_like(amp), self.phase_conv(pha))' tests/test_amdnet.py -k sim
+run amd_label_no_flip plugins/occreid/fastreid/parsing_data.py '            lab = lab[:, ::-1]' '            pass' tests/test_amdnet.py -k joint

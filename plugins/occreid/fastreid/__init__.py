@@ -1,7 +1,7 @@
 """occreid's FastReID adapter. ``import occreid.fastreid`` registers everything, exactly once:
 
-- the meta-architectures ``OCNet``, ``PAN``, ``AlignedReID`` and ``SGR`` in ``META_ARCH_REGISTRY``, the head ``SGRHead`` in
-  ``REID_HEADS_REGISTRY``;
+- the meta-architectures ``OCNet``, ``PAN``, ``AlignedReID``, ``SGR`` and ``AMDNet`` in ``META_ARCH_REGISTRY``, the head ``SGRHead`` in
+  ``REID_HEADS_REGISTRY``; the backbone ``build_timm_hrnet_backbone`` in ``BACKBONE_REGISTRY``;
 - the datasets of :mod:`occreid.fastreid.datasets` in ``DATASET_REGISTRY``;
 - occreid's config keys (:func:`add_occreid_config`) in FastReID's default config, so that
   ``fastreid.config.get_cfg()`` knows them and YAML files using them load.
@@ -17,6 +17,8 @@ from .config import add_occreid_config, expand_config_paths
 from .datasets import OccReIDImageDataset, TestOnlyDatasetError, register_datasets
 from .evaluator import OccReIDEvaluator
 from .aligned import AlignedReID, register_aligned
+from .amdnet import AMDNet, register_amd
+from .backbones import register_backbones
 from .ocnet import OCNet, register_ocnet
 from .pan import PAN, register_pan
 from .sgr import SGR, SGRHead, register_sgr
@@ -27,7 +29,9 @@ register_ocnet()
 register_aligned()
 register_pan()
 register_sgr()
+register_amd()
+register_backbones()
 add_occreid_config(_fastreid_default_cfg)
 
-__all__ = ["AlignedReID", "OCNet", "PAN", "SGR", "SGRHead", "add_occreid_config", "expand_config_paths", "OccReIDEvaluator", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
+__all__ = ["AMDNet", "AlignedReID", "OCNet", "PAN", "SGR", "SGRHead", "add_occreid_config", "expand_config_paths", "OccReIDEvaluator", "OccReIDImageDataset", "TestOnlyDatasetError", "OccReIDTrainer",
            "ReIDImageDataset", "check_checkpoint_matches", "register_datasets"]

@@ -72,17 +72,19 @@ def add_occreid_config(cfg):
     from .aligned import add_aligned_config
     from .pan import add_pan_config
     from .sgr import add_sgr_config
+    from .amdnet import add_amd_config
     add_ocnet_config(cfg)
     add_pan_config(cfg)
     add_aligned_config(cfg)
     add_sgr_config(cfg)
+    add_amd_config(cfg)
     if frozen:
         cfg.freeze()
     return cfg
 
 
 #: Path-valued keys in which ``$VAR`` / ``${VAR}`` (e.g. ``${FASTREID_DATASETS}``) and ``~`` are expanded.
-PATH_KEYS = (("MODEL", "BACKBONE", "PRETRAIN_PATH"), ("MODEL", "WEIGHTS"), ("OUTPUT_DIR",))
+PATH_KEYS = (("MODEL", "BACKBONE", "PRETRAIN_PATH"), ("MODEL", "WEIGHTS"), ("OUTPUT_DIR",), ("DATASETS", "PARSING", "ROOT"))
 
 
 def expand_config_paths(cfg):

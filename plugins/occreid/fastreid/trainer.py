@@ -37,6 +37,7 @@ from occreid.data.subset import subset_splits
 
 from .evaluator import OccReIDEvaluator
 from .aligned import aligned_distance_from_cfg
+from .amdnet import amd_distance_from_cfg
 from .ocnet import ocnet_distance_from_cfg
 
 #: meta-architectures whose network sees more images per step than the sampler gives (name -> cfg -> factor):
@@ -46,7 +47,8 @@ IMAGES_PER_SAMPLE = {"SGR": lambda cfg: 2 if cfg.INPUT.CBE.ENABLED else 1,
                      "AlignedReID": lambda cfg: 2 if cfg.MODEL.ALIGNED.OBC.ENABLED else 1}
 
 #: meta-architectures whose test distance is not the plain metric of their features (name -> cfg -> fn)
-TEST_DISTANCES = {"OCNet": ocnet_distance_from_cfg, "AlignedReID": aligned_distance_from_cfg}
+TEST_DISTANCES = {"OCNet": ocnet_distance_from_cfg, "AlignedReID": aligned_distance_from_cfg,
+                  "AMDNet": amd_distance_from_cfg}
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +266,27 @@ class OccReIDTrainer(DefaultTrainer):
             if comm.is_main_process():
                 data.show_train()
             items.extend(train)
-        train_set = ReIDImageDataset(items, build_transforms(cfg, is_train=True), relabel=True)
+        if cfg.MODEL.META_ARCHITECTURE == "AMDNet":
+            train_set = cls._parsing_train_set(cfg, items)
+        else:
+            train_set = ReIDImageDataset(items, build_transforms(cfg, is_train=True), relabel=True)
         return build_reid_train_loader(cfg, train_set=train_set)
+
+    @classmethod
+    def _parsing_train_set(cls, cfg, items):
+        """AMD-Net's training set: images with their parsing labels (``DATASETS.PARSING.ROOT``); logs the coverage."""
+        from occreid.data.parsing import ParsingLabels
+        from .parsing_data import ParsingReIDDataset
+        root = cfg.DATASETS.PARSING.ROOT
+        if root and not os.path.isdir(root):
+            raise FileNotFoundError(f"DATASETS.PARSING.ROOT {root!r} is not a directory (generate labels with "
+                                    f"`occreid parse`, projects/AMDNet/README.md)")
+        labels = ParsingLabels(root, datasets_root()) if root else None
+        train_set = ParsingReIDDataset(items, cfg, labels, relabel=True)
+        n, total = train_set.coverage()
+        logger.info(f"AMD-Net parsing labels: {n} / {total} training images labelled ({100 * n / max(total, 1):.1f} %)"
+                    f" from {root or '(none: DATASETS.PARSING.ROOT empty)'}")
+        return train_set
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
