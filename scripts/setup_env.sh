@@ -38,6 +38,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
   # opencv-python-headless; its other dependencies (ttach, ...) are in requirements.txt
   log "installing grad-cam without its opencv-python dependency"
   "$py" -m pip install --disable-pip-version-check -q --no-deps -c "$cons" grad-cam
+  # mediapipe 0.10.14 (human-parsing labels for AMD-Net) pins protobuf<5 and opencv-contrib-python, which
+  # would downgrade tensorboard's protobuf 7 and install a second cv2; its other run-time dependencies
+  # are in requirements.txt (jax and sounddevice are not needed by mediapipe.solutions); the protobuf 7
+  # incompatibilities are patched by third_party_patches/mediapipe-0001-protobuf7.patch below
+  log "installing mediapipe without its protobuf / opencv-contrib dependencies"
+  "$py" -m pip install --disable-pip-version-check -q --no-deps -c "$cons" mediapipe
   log "installing occreid (editable)"
   "$py" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e "$root"
 else
@@ -69,5 +75,9 @@ fi
 
 "$py" -W ignore -c "import fastreid.data, fastreid.engine, torchreid, torchvision, faiss, occreid" \
   || { echo "[setup_env] ERROR: the environment does not import; remove $venv and re-run" >&2; exit 1; }
+# the patched mediapipe builds BlazePose + its segmentation offline (the models bundled in the wheel);
+# its C++ logging is shown only when that fails
+mp_log=$("$py" -W ignore -c "from occreid.data.parsing import build_parsers; build_parsers()" 2>&1) \
+  || { echo "$mp_log" >&2; echo "[setup_env] ERROR: mediapipe's BlazePose does not build (is mediapipe-0001-protobuf7.patch applied?)" >&2; exit 1; }
 echo "$want_hash" > "$stamp"
 log "ready: $venv (python $("$py" -c 'import sys; print(sys.version.split()[0])'), torch $("$py" -c 'import torch; print(torch.__version__)'))"

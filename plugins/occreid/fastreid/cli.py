@@ -1,7 +1,8 @@
 """``occreid index`` / ``occreid search``: a gallery index on disk and retrieval against it;
 ``occreid masks``: the masks of a part-based model (PAN) drawn over images, like PAN's Fig. 4;
 ``occreid saliency``: Grad-CAM maps of any model's embeddings, each image beside its occluded copy (the
-occlusion simulator), like Chakraborty et al.'s Fig. 2.
+occlusion simulator), like Chakraborty et al.'s Fig. 2; ``occreid parse``: AMD-Net's human-parsing labels
+(MediaPipe BlazePose, :mod:`occreid.data.parsing`), resumable, with an overlay picture.
 
     occreid index  --config-file CFG [--weights W] (--dataset NAME [--split gallery] | --folder DIR) --out IDX
     occreid search --config-file CFG [--weights W] --index IDX
@@ -12,6 +13,7 @@ occlusion simulator), like Chakraborty et al.'s Fig. 2.
                    [--num-masks 3] [--out masks.png]
     occreid saliency --config-file CFG [--weights W] (--dataset NAME [--num-queries 8] | --folder DIR)
                    [--occlude-area 0.305] [--fill mean] [--out saliency.png]
+    occreid parse  IMAGE_DIR --out LABEL_DIR [--image-root DIR] [--limit N] [--overlay PNG --num 16]
 
 Features come from a FastReID model built from the config (plus occreid's registrations) and
 ``--weights`` (a trained checkpoint; without it, the backbone's ``PRETRAIN_PATH``). The index stores
@@ -236,6 +238,25 @@ def cmd_saliency(args):
           f"stage -> {out}")
 
 
+def cmd_parse(args):
+    from occreid.data.parsing import ParsingLabels, draw_label_grid, generate_labels, list_image_files
+
+    image_root = args.image_root or args.image_dir
+    counts = generate_labels(args.image_dir, args.out, image_root=image_root, limit=args.limit,
+                             segmenter=args.segmenter)
+    print(f"processed {counts['total'] - counts['skipped']} images ({counts['skipped']} already done): "
+          f"{counts['ok']} labelled, {counts['no_person']} no person, {counts['corrupt']} corrupt")
+    labels = ParsingLabels(args.out, image_root)
+    paths = list_image_files(args.image_dir)
+    if args.limit is not None:
+        paths = paths[:max(0, args.limit)]
+    if args.overlay and paths:
+        shown = paths[:: max(1, len(paths) // max(1, args.num))][: args.num]
+        print(f"wrote {draw_label_grid(shown, labels, args.overlay)}")
+    n, total = labels.coverage(paths)
+    print(f"coverage: {n} / {total} images labelled ({100.0 * n / max(1, total):.1f}%) in {labels.label_root}")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="occreid", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,6 +290,15 @@ def build_parser():
             s.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
             s.add_argument("--out", default="search_out", help="folder for rank_list.png / .html")
         s.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides")
+    s = sub.add_parser("parse", help="human-parsing labels (MediaPipe BlazePose) for AMD-Net")
+    s.set_defaults(fn=cmd_parse)
+    s.add_argument("image_dir", help="folder of images (searched recursively)")
+    s.add_argument("--out", required=True, help="label root: PNGs + manifest.jsonl (resumes a previous run)")
+    s.add_argument("--image-root", help="label paths mirror image paths relative to this folder (default IMAGE_DIR)")
+    s.add_argument("--limit", type=int, help="only the first N images (sorted)")
+    s.add_argument("--overlay", help="also write a PNG of images with their labels overlaid")
+    s.add_argument("--num", type=int, default=16, help="images in the --overlay picture")
+    s.add_argument("--segmenter", default="pose", choices=["pose", "selfie"], help="foreground segmentation")
     return p
 
 
