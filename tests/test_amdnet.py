@@ -358,3 +358,23 @@ def test_joint_geometry_keeps_image_and_label_aligned():
         assert white[:, -30:].mean() > white[:, :30].mean()   # flipped: the stripe is on the right
     _, none = geo(Image.fromarray(arr), None)
     assert (none == -1).all()
+
+
+def test_part_maps_view_rows_and_picture(tmp_path):
+    from occreid.evaluation.part_maps import draw_part_maps, part_match_rows
+    from occreid.fastreid.amdnet import amd_distance
+    torch.manual_seed(0)
+    c, k = 4, 5
+    q = torch.cat([torch.randn(2, 2 * c + k * c), torch.tensor([[1, 1, 0, 1, 1], [1, 1, 1, 1, 1.0]])], 1)
+    g = torch.cat([torch.randn(6, 2 * c + k * c), torch.ones(6, k)], 1)
+    g[3, :2 * c + k * c] = q[0, :2 * c + k * c]                     # gallery 3 is query 0's twin
+    dist = amd_distance(q, g, k)
+    rows = part_match_rows(q, g, dist, k, topk=3)
+    assert rows[0][0][0] == 3 and rows[0][0][1] == pytest.approx(0.0, abs=1e-3)
+    assert np.isnan(rows[0][1][2][2]) and not np.isnan(rows[1][1][2][2])   # trunk hidden in query 0
+    imgs = [Image.new("RGB", (64, 128), (i * 40, 0, 0)) for i in range(8)]
+    maps = torch.rand(2, k, 16, 8).softmax(1).numpy()
+    out = draw_part_maps(imgs[:2], maps, q[:, -k:].numpy(), str(tmp_path / "p.png"), gallery=imgs[2:], matches=rows)
+    assert Image.open(out).size == ((2 + k + 3) * 100, 2 * (192 + 40 + 4))
+    with pytest.raises(ValueError, match="visibility"):
+        draw_part_maps(imgs[:2], maps, np.ones((3, k)), str(tmp_path / "x.png"))
