@@ -44,6 +44,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
   # incompatibilities are patched by third_party_patches/mediapipe-0001-protobuf7.patch below
   log "installing mediapipe without its protobuf / opencv-contrib dependencies"
   "$py" -m pip install --disable-pip-version-check -q --no-deps -c "$cons" mediapipe
+  # timm (AMD-Net's HRNet-W32 backbone) without huggingface_hub / safetensors: no weights are downloaded
+  log "installing timm without its hub dependencies"
+  "$py" -m pip install --disable-pip-version-check -q --no-deps -c "$cons" timm
   log "installing occreid (editable)"
   "$py" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e "$root"
 else

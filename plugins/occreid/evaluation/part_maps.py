@@ -51,14 +51,16 @@ def part_match_rows(q_feats, g_feats, distance: np.ndarray, num_parts: int = 5, 
 
 def draw_part_maps(queries: Sequence, part_maps: np.ndarray, visibility: np.ndarray, out_png: str,
                    gallery: Sequence = (), matches: Sequence = (), captions: Sequence[str] | None = None,
-                   gallery_captions: Sequence[str] | None = None, part_names: Sequence[str] = PART_NAMES) -> str:
+                   gallery_captions: Sequence[str] | None = None, part_names: Sequence[str] = PART_NAMES,
+                   query_pids: Sequence[int] | None = None, gallery_pids: Sequence[int] | None = None) -> str:
     """Write the per-part view and return ``out_png``.
 
     Args:
         queries: N image paths or PIL images. part_maps: (N, K, h, w) part attention maps (probabilities).
         visibility: (N, K) in {0, 1}. gallery: image paths / PIL images indexed by ``matches``.
         matches: N lists of (gallery index, distance, per-part distances (K,), NaN = not compared).
-        captions: N texts under the queries; gallery_captions: one per gallery image (e.g. "pid 5 match").
+        captions: N texts under the queries; gallery_captions: one per gallery image (e.g. "pid 5").
+        query_pids, gallery_pids: when both are given, each match is marked "TRUE" (same pid) or "false".
     Raises: ValueError on inconsistent shapes; OSError naming an unreadable image.
     """
     maps = np.asarray(part_maps, dtype=np.float32)
@@ -91,6 +93,8 @@ def draw_part_maps(queries: Sequence, part_maps: np.ndarray, visibility: np.ndar
                           f"{name} {'vis' if vis[i, j] else 'HID'}\nmax {maps[i, j].max():.2f}"))
         for gi, dist, d_parts in (matches[i] if matches else []):
             cap = gallery_captions[gi] if gallery_captions else f"#{gi}"
+            if query_pids is not None and gallery_pids is not None:
+                cap += " TRUE" if gallery_pids[gi] == query_pids[i] else " false"
             parts = [f"{(part_names[j] if j < len(part_names) else str(j + 1))[0]} "
                      + ("-" if np.isnan(v) else f"{v:.1f}") for j, v in enumerate(d_parts)]
             tiles.append((load(gallery[gi]), f"{cap}\nd {dist:.2f}: {' '.join(parts[:2])}\n{' '.join(parts[2:])}"))

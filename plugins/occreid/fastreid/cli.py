@@ -1,7 +1,8 @@
 """``occreid index`` / ``occreid search``: a gallery index on disk and retrieval against it;
 ``occreid masks``: the masks of a part-based model (PAN) drawn over images, like PAN's Fig. 4;
 ``occreid saliency``: Grad-CAM maps of any model's embeddings, each image beside its occluded copy (the
-occlusion simulator), like Chakraborty et al.'s Fig. 2; ``occreid parse``: AMD-Net's human-parsing labels
+occlusion simulator), like Chakraborty et al.'s Fig. 2; ``occreid part-maps``: AMD-Net's part maps, visibility and per-part distances to
+the top gallery matches; ``occreid parse``: AMD-Net's human-parsing labels
 (MediaPipe BlazePose, :mod:`occreid.data.parsing`), resumable, with an overlay picture.
 
     occreid index  --config-file CFG [--weights W] (--dataset NAME [--split gallery] | --folder DIR) --out IDX
@@ -13,6 +14,8 @@ occlusion simulator), like Chakraborty et al.'s Fig. 2; ``occreid parse``: AMD-N
                    [--num-masks 3] [--out masks.png]
     occreid saliency --config-file CFG [--weights W] (--dataset NAME [--num-queries 8] | --folder DIR)
                    [--occlude-area 0.305] [--fill mean] [--out saliency.png]
+    occreid part-maps --config-file CFG [--weights W] --dataset NAME [--num-queries 8] [--gallery-size 300]
+                   [--topk 3] [--out part_maps.png]
     occreid parse  IMAGE_DIR --out LABEL_DIR [--image-root DIR] [--limit N] [--overlay PNG --num 16]
 
 Features come from a FastReID model built from the config (plus occreid's registrations) and
@@ -238,6 +241,55 @@ def cmd_saliency(args):
           f"stage -> {out}")
 
 
+@torch.no_grad()
+def cmd_part_maps(args):
+    import random
+    from fastreid.data.build import fast_batch_collator
+    from fastreid.data.transforms import build_transforms
+    from occreid.evaluation.part_maps import draw_part_maps, part_match_rows
+    from occreid.fastreid import ReIDImageDataset
+    from occreid.fastreid.amdnet import amd_distance
+    from occreid.fastreid.trainer import OccReIDTrainer
+
+    cfg = _setup_cfg(args)
+    model = build_feature_model(cfg)
+    if not hasattr(model, "attention_maps") or model.heads.pagb is None:
+        raise ValueError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} has no part attention maps "
+                         f"(AMDNet with MODEL.AMD.PART_ATTENTION True has)")
+    queries = _items(args, cfg, default_split="query")
+    if not getattr(args, "num_queries", 0):
+        queries = queries[:8]
+    gallery = []
+    if args.dataset:   # the queries' own gallery images plus a seeded sample of the others
+        data = OccReIDTrainer._load_dataset(cfg, args.dataset)
+        pids = {pid for _, pid, _ in queries}
+        own = [g for g in data.gallery if g[1] in pids]
+        rest = [g for g in data.gallery if g[1] not in pids]
+        gallery = own + random.Random(0).sample(rest, min(args.gallery_size, len(rest)))
+    ds = ReIDImageDataset(queries, build_transforms(cfg, is_train=False), relabel=False)
+    batch = fast_batch_collator([ds[i] for i in range(len(ds))])
+    batch["images"] = batch["images"].to(model.device)
+    maps = model.attention_maps(dict(batch, images=batch["images"].clone()))
+    q_feats = model(batch).float().cpu().numpy()
+    rows, g_caps = [], None
+    if gallery:
+        g_feats = extract_features(cfg, model, gallery, args.batch_size, args.num_workers, desc="gallery features")
+        a = cfg.MODEL.AMD
+        dist = amd_distance(q_feats, g_feats, a.NUM_PARTS, a.TEST_DISTANCE, a.BETA_HEAD)
+        for i, (_, qpid, qcam) in enumerate(queries):   # the standard protocol: same pid and camera is junk
+            for j, (_, gpid, gcam) in enumerate(gallery):
+                if gpid == qpid and gcam == qcam:
+                    dist[i, j] = float("inf")
+        rows = part_match_rows(q_feats, g_feats, dist, a.NUM_PARTS, topk=args.topk)
+        g_caps = [f"pid {pid}" for _, pid, _ in gallery]
+    out = draw_part_maps([p for p, _, _ in queries], maps["parts"].cpu().numpy(), maps["visibility"].cpu().numpy(),
+                         args.out, gallery=[p for p, _, _ in gallery], matches=rows,
+                         captions=[f"pid {pid}" for _, pid, _ in queries], gallery_captions=g_caps,
+                         query_pids=[pid for _, pid, _ in queries], gallery_pids=[pid for _, pid, _ in gallery])
+    print(f"{len(queries)} queries against {len(gallery)} gallery images: part maps, visibility, top-{args.topk} "
+          f"matches with per-part distances -> {out}")
+
+
 def cmd_parse(args):
     from occreid.data.parsing import ParsingLabels, draw_label_grid, generate_labels, list_image_files
 
@@ -260,7 +312,8 @@ def cmd_parse(args):
 def build_parser():
     p = argparse.ArgumentParser(prog="occreid", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn in (("index", cmd_index), ("search", cmd_search), ("masks", cmd_masks), ("saliency", cmd_saliency)):
+    for name, fn in (("index", cmd_index), ("search", cmd_search), ("masks", cmd_masks), ("saliency", cmd_saliency),
+                     ("part-maps", cmd_part_maps)):
         s = sub.add_parser(name)
         s.set_defaults(fn=fn)
         s.add_argument("--config-file", required=True)
@@ -278,6 +331,12 @@ def build_parser():
                            help="also show each image occluded (area fraction; 0: no occluded copies)")
             s.add_argument("--fill", default="mean", choices=["mean", "black", "noise"])
             s.add_argument("--out", default="saliency.png", help="PNG to write")
+        elif name == "part-maps":
+            s.add_argument("--num-queries", type=int, default=8, help="with --dataset: use N query images")
+            s.add_argument("--gallery-size", type=int, default=300,
+                           help="with --dataset: gallery = the queries' identities + N other gallery images")
+            s.add_argument("--topk", type=int, default=3)
+            s.add_argument("--out", default="part_maps.png", help="PNG to write")
         elif name == "masks":
             s.add_argument("--num-queries", type=int, default=12, help="with --dataset: use N images")
             s.add_argument("--num-masks", type=int, default=3, help="single masks shown under the fused one")

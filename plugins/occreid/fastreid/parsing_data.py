@@ -91,7 +91,10 @@ class ParsingReIDDataset(ReIDImageDataset):
             img = read_image(img_path)
         except Exception as e:
             raise RuntimeError(f"cannot read image {img_path}: {e}") from e
-        label = self.labels.load(img_path) if self.labels is not None else None
+        label = self.labels.load(img_path, check_size=False) if self.labels is not None else None
+        if label is not None and label.shape != (img.size[1], img.size[0]):
+            raise ValueError(f"parsing label {self.labels.path_for(img_path)} is {label.shape[1]} x {label.shape[0]} "
+                             f"but image {img_path} is {img.size[0]} x {img.size[1]}")
         img, lab = self.geometry(img, label)
         img = self.transform(img)
         if self.relabel:
