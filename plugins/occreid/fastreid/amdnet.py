@@ -62,10 +62,10 @@ class AMDHeads(nn.Module):
         self.pagb = (PartAttentionHead(c, num_parts, SpatialFrequencyInteraction(c, sim_alpha, sim_kernel)
                                        if sim else None) if part_attention else None)
         self.tff = TaylorFeatureFilter(c, tff_blocks) if tff else nn.Identity()
-        self.neck_g, self.cls_g = _bnneck(c), _classifier(c, num_classes)
+        self.neck_g, self.g_classifier = _bnneck(c), _classifier(c, num_classes)
         if part_attention:
-            self.neck_t, self.cls_t = _bnneck(c), _classifier(c, num_classes)
-            self.neck_c, self.cls_c = _bnneck(num_parts * c), _classifier(num_parts * c, num_classes)
+            self.neck_t, self.t_classifier = _bnneck(c), _classifier(c, num_classes)
+            self.neck_c, self.c_classifier = _bnneck(num_parts * c), _classifier(num_parts * c, num_classes)
             if part_loss == "id":
                 self.part_classifiers = nn.ModuleList(_classifier(c, num_classes) for _ in range(num_parts))
 
@@ -165,15 +165,15 @@ class AMDNet(nn.Module):
     def losses(self, out, targets, parsing=None):
         """Eq. 14: L = L_part^tri + L_global^CE + L_part_a^CE (see the class docstring for the terms)."""
         h, eps = self.heads, self.ce_eps
-        logits_g = h.cls_g(h.neck_g(out["f_g"]))
+        logits_g = h.g_classifier(h.neck_g(out["f_g"]))
         log_accuracy(logits_g.detach(), targets)
         loss = {"loss_cls_g": cross_entropy_loss(logits_g, targets, eps)}
         if h.pagb is None:   # Table 2 "w/o Part Attention": the global feature with CE + batch-hard triplet
             d_ap, d_an = batch_hard(euclidean(out["f_g"], out["f_g"]), targets)
             loss["loss_triplet_g"] = torch.relu(d_ap - d_an + self.tri_margin).mean()
             return loss
-        loss["loss_cls_t"] = cross_entropy_loss(h.cls_t(h.neck_t(out["f_t"])), targets, eps)
-        loss["loss_cls_c"] = cross_entropy_loss(h.cls_c(h.neck_c(out["f_c"])), targets, eps)
+        loss["loss_cls_t"] = cross_entropy_loss(h.t_classifier(h.neck_t(out["f_t"])), targets, eps)
+        loss["loss_cls_c"] = cross_entropy_loss(h.c_classifier(h.neck_c(out["f_c"])), targets, eps)
         f_parts = out["f_parts"]
         if self.part_loss == "part_soft":
             loss["loss_triplet_parts"] = part_soft_triplet_loss(f_parts, targets, self.tri_margin, self.beta_head)

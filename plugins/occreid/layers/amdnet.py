@@ -84,10 +84,10 @@ class PartAttentionHead(nn.Module):
         super().__init__()
         self.num_parts = num_parts
         self.sim = sim
-        self.classifier = nn.Conv2d(channels, num_parts + 1, 1)
+        self.attention_conv = nn.Conv2d(channels, num_parts + 1, 1)   # W_a, Eq. 1
 
     def logits(self, g: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.sim(g) if self.sim is not None else g)
+        return self.attention_conv(self.sim(g) if self.sim is not None else g)
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         return self.logits(g).softmax(dim=1)
