@@ -65,3 +65,8 @@ run amd_pool_by_mass plugins/occreid/layers/amdnet.py 'f_parts = torch.einsum("b
 run amd_tff_no_3delta plugins/occreid/layers/amdnet.py 'return tau1 + self.gated(tau) + 3.0 * delta' 'return tau1 + self.gated(tau) + delta' tests/test_amdnet.py -k eq11
 run amd_sim_no_amplitude plugins/occreid/layers/amdnet.py 'spec = torch.polar(amp, self.phase_conv(pha))' 'spec = torch.polar(torch.ones_like(amp), self.phase_conv(pha))' tests/test_amdnet.py -k sim
 run amd_label_no_flip plugins/occreid/fastreid/parsing_data.py '            lab = lab[:, ::-1]' '            pass' tests/test_amdnet.py -k joint
+run amd_gamma_ignored plugins/occreid/fastreid/amdnet.py '"gamma": a.GAMMA' '"gamma": 0.4' tests/test_amdnet.py -k scalar_keys
+run amd_beta_ignored plugins/occreid/fastreid/amdnet.py '"beta_head": a.BETA_HEAD' '"beta_head": 0.5' tests/test_amdnet.py -k scalar_keys
+run amd_sim_alpha_ignored plugins/occreid/fastreid/amdnet.py '"sim_alpha": a.SIM.ALPHA' '"sim_alpha": 0.35' tests/test_amdnet.py -k scalar_keys
+run amd_maps_detached plugins/occreid/fastreid/amdnet.py '        out = attention_pooling(fmap, parts)' '        out = attention_pooling(fmap, parts.detach())' tests/test_amdnet.py -k reach_the_attention
+run amd_label_crop_offset plugins/occreid/fastreid/parsing_data.py 'lab = labp[top:top + h, left:left + w]' 'lab = labp[2 * p - top:2 * p - top + h, left:left + w]' tests/test_amdnet.py -k joint

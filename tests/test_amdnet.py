@@ -27,8 +27,8 @@ CONFIGS = sorted(glob.glob(os.path.join(AMD_DIR, "**", "*.yml"), recursive=True)
 # ---------------------------------------------------------------- SIM (Eq. 3-4)
 
 def test_sim_on_a_constant_map_is_the_identity_whatever_the_phase_conv():
-    """A constant map has one non-zero frequency (DC) with phase 0: a bias-free phase convolution keeps phase 0,
-    so IFFT gives the map back and Eq. 4 mixes it with itself, for any W_b."""
+    """A positive constant map has one non-zero frequency (DC) with phase 0: a bias-free phase convolution keeps
+    phase 0, so IFFT gives the map back and Eq. 4 mixes it with itself, for any W_b."""
     torch.manual_seed(0)
     sim = SpatialFrequencyInteraction(4, alpha=0.35, kernel_size=3, identity_init=False)
     g = torch.full((2, 4, 8, 6), 0.7)
@@ -232,8 +232,9 @@ def test_losses_against_an_independent_reference():
         tri = _hard_mining_reference(d, y, 0.3)
 
         def ce(logit):   # FastReID's label smoothing: 1 - eps on the target, eps / (n - 1) elsewhere
-            q = torch.full_like(logit, 0.1 / (logit.shape[1] - 1))
-            q[torch.arange(len(y)), y] = 0.9
+            eps = cfg.MODEL.LOSSES.CE.EPSILON
+            q = torch.full_like(logit, eps / (logit.shape[1] - 1))
+            q[torch.arange(len(y)), y] = 1 - eps
             return -(q * logit.log_softmax(1)).sum(1).mean()
         # BNNecks in training mode: batch statistics
         bn = lambda neck, v: F.batch_norm(v, None, None, neck.weight, neck.bias, True, 0.0, neck.eps)
@@ -244,6 +245,42 @@ def test_losses_against_an_independent_reference():
     assert losses["loss_cls_t"].item() == pytest.approx(ref_t.item(), rel=1e-4)
     assert losses["loss_cls_c"].item() == pytest.approx(ref_c.item(), rel=1e-4)
     assert losses["loss_cls_g"].item() == pytest.approx(ref_g.item(), rel=1e-4)
+
+
+def test_reid_losses_reach_the_attention_maps():
+    """Dual supervision (PAGB): the part-soft triplet and the CE on f_t / f_c back-propagate into the part
+    attention logits, not only the parsing loss."""
+    from fastreid.utils.events import EventStorage
+    cfg, model = _build(CPU_CFG)
+    model.train()
+    b = _batch()
+    out = model.features(model.preprocess_image(dict(b, images=b["images"].clone())))
+    with EventStorage(0):
+        losses = model.losses(out, b["targets"], b["parsing"])
+    for k in ("loss_triplet_parts", "loss_cls_t", "loss_cls_c"):
+        (g,) = torch.autograd.grad(losses[k], out["P_logits"], retain_graph=True)
+        assert g.abs().sum() > 0, k
+    (g,) = torch.autograd.grad(losses["loss_cls_g"], out["P_logits"], retain_graph=True, allow_unused=True)
+    assert g is None or g.abs().sum() == 0                      # f_g does not use the maps
+
+
+def test_scalar_keys_are_read_from_the_config():
+    cfg, model = _build(CPU_CFG, ["MODEL.AMD.SIM.ALPHA", "0.5", "MODEL.AMD.SIM.KERNEL", "3", "MODEL.AMD.GAMMA", "0.25",
+                                  "MODEL.AMD.BETA_HEAD", "1.0", "MODEL.AMD.TFF.BLOCKS", "2", "MODEL.AMD.NUM_PARTS", "4"])
+    sim = model.heads.pagb.sim
+    assert sim.alpha == 0.5 and sim.phase_conv.kernel_size == (3, 3)
+    assert model.gamma == 0.25 and model.beta_head == 1.0 and len(model.heads.tff) == 2
+    assert model.heads.pagb.attention_conv.out_channels == 5
+
+
+def test_geometric_augmentations_without_the_label_are_refused():
+    from fastreid.config import get_cfg
+    from occreid.fastreid.parsing_data import image_only_transforms
+    cfg = get_cfg()
+    cfg.merge_from_file(CPU_CFG)
+    cfg.INPUT.AFFINE.ENABLED = True
+    with pytest.raises(ValueError, match="INPUT.AFFINE"):
+        image_only_transforms(cfg)
 
 
 def test_no_labels_no_parsing_term_and_parsing_weight():
@@ -344,17 +381,21 @@ def test_joint_geometry_keeps_image_and_label_aligned():
     cfg.INPUT.FLIP.PROB = 1.0                       # always flip
     geo = JointGeometry(cfg)
     arr = np.zeros((128, 64, 3), np.uint8)
-    arr[:, :20] = 255                               # a white stripe on the left ...
+    arr[:, :20, 0] = 255                            # a red stripe on the left ...
+    arr[90:100, :, 1] = 255                         # ... and a green band across
     lab = np.zeros((128, 64), np.uint8)
     lab[:, :20] = 2                                 # ... labelled arms
+    lab[90:100] = 4                                 # ... and legs
     for seed in range(5):
         import random
         random.seed(seed)
         img, out = geo(Image.fromarray(arr), lab)
         im = np.asarray(img)
         assert im.shape[:2] == out.shape == (256, 128)
-        white = im[..., 0] > 127
+        white = (im[..., 0] > 127) & (im[..., 1] < 127)
+        band = im[..., 1] > 127
         assert ((out == 2) == white).mean() > 0.98   # label follows flip, resize and the pad + crop
+        assert ((out == 4) == band).sum() > 0.97 * out.size and (out == 4).sum() > 0.8 * band.sum()
         assert white[:, -30:].mean() > white[:, :30].mean()   # flipped: the stripe is on the right
     _, none = geo(Image.fromarray(arr), None)
     assert (none == -1).all()

@@ -192,21 +192,24 @@ class AMDNet(nn.Module):
         return loss
 
 
-def amd_distance(query, gallery, num_parts: int, mode: str = "visible_parts", beta_head: float = 0.5) -> np.ndarray:
+def amd_distance(query, gallery, num_parts: int, mode: str = "visible_parts", beta_head: float = 0.5,
+                 part_attention: bool = True) -> np.ndarray:
     """AMD-Net's test distance on the features of :class:`AMDNet` ([f_t, f_g, f_1..f_K, visibility], (N, 2C + KC + K)).
 
     "visible_parts": the mean of d_eu(f_t) and the Eq. 12 part distance restricted to the parts visible in both
     images (head weighted 1 + beta), each part and f_t weighing as in Eq. 12 (f_t weight 1, always visible);
-    "global": the Euclidean distance of [f_t, f_c, f_g] (the paper's F_global). Features of width C (the model
-    without part attention) use the Euclidean distance. Returns (q, g) float32. Raises ValueError for an unknown
-    mode or a width that fits neither layout.
+    "global": the Euclidean distance of [f_t, f_c, f_g] (the paper's F_global). ``part_attention=False`` (features
+    f_g only): the Euclidean distance. Returns (q, g) float32. Raises ValueError for an unknown mode or a width that
+    is not [f_t, f_g, K parts, K visibility].
     """
     if mode not in TEST_DISTANCES:
         raise ValueError(f"MODEL.AMD.TEST_DISTANCE must be one of {TEST_DISTANCES}, got {mode!r}")
     q, g = torch.as_tensor(query).float(), torch.as_tensor(gallery).float()
     d, k = q.shape[1], num_parts
-    if (d - k) % (k + 2) != 0:
+    if not part_attention:
         return torch.cdist(q, g).numpy()
+    if (d - k) % (k + 2) != 0:
+        raise ValueError(f"AMD-Net features of width {d} are not [f_t, f_g, {k} parts, {k} visibility scores]")
     c = (d - k) // (k + 2)
     if mode == "global":
         return torch.cdist(q[:, :d - k], g[:, :d - k]).numpy()
@@ -223,9 +226,12 @@ def amd_distance(query, gallery, num_parts: int, mode: str = "visible_parts", be
 def amd_distance_from_cfg(cfg):
     """The test distance of a config, for :class:`occreid.fastreid.OccReIDEvaluator`."""
     a = cfg.MODEL.AMD
+    if cfg.TEST.AQE.ENABLED and a.PART_ATTENTION:
+        raise ValueError("TEST.AQE.ENABLED: query expansion would average AMD-Net's 0/1 visibility scores; "
+                         "disable it for MODEL.META_ARCHITECTURE AMDNet")
 
     def distance(q, g):
-        return amd_distance(q, g, a.NUM_PARTS, a.TEST_DISTANCE, a.BETA_HEAD)
+        return amd_distance(q, g, a.NUM_PARTS, a.TEST_DISTANCE, a.BETA_HEAD, a.PART_ATTENTION)
     return distance
 
 

@@ -49,7 +49,10 @@ def build_timm_hrnet_backbone(cfg):
                                     "(timm cannot download weights here: give a local hrnet state dict)")
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing, unexpected = model.body.load_state_dict(state, strict=False)
-        logger.info(f"hrnet_{depth} from {path}: {len(missing)} missing, {len(unexpected)} unexpected keys")
+        if missing:
+            raise ValueError(f"{path} is not a timm hrnet_{depth} state dict: {len(missing)} of the backbone's keys "
+                             f"are missing (first: {missing[:3]})")
+        logger.info(f"hrnet_{depth} from {path}: {len(unexpected)} unused keys (the classification head)")
     return model
 
 

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 def image_only_transforms(cfg):
     """FastReID's training transforms without the geometric steps done jointly here (resize kept: a no-op on
     an image already at ``INPUT.SIZE_TRAIN``)."""
+    geometric = [k for k in ("AUTOAUG", "CROP", "AFFINE", "AUGMIX") if k in cfg.INPUT and cfg.INPUT[k].ENABLED]
+    if geometric:
+        raise ValueError(f"AMD-Net: INPUT.{', INPUT.'.join(geometric)} move pixels but would not move the parsing "
+                         f"labels; disable them (only flip and pad + crop are applied jointly)")
     c = cfg.clone()
     c.defrost()
     c.INPUT.FLIP.ENABLED = False

@@ -51,21 +51,24 @@ class SpatialFrequencyInteraction(nn.Module):
                 self.phase_conv.weight[torch.arange(channels), torch.arange(channels), k, k] = 1.0
 
     @staticmethod
-    def amplitude_phase(g: torch.Tensor, eps: float = 1e-8):
-        """Eq. 3: (amplitude, phase) of the 2-D real FFT of ``g`` (B, C, h, w), each (B, C, h, w // 2 + 1).
-        Bins of amplitude < eps get phase 0 with no gradient (the angle of 0 has none)."""
+    def amplitude_phase(g: torch.Tensor, rel_eps: float = 1e-4):
+        """Eq. 3: (amplitude, phase) of the 2-D real FFT of ``g`` (B, C, h, w), each (B, C, h, w // 2 + 1), in
+        float32. A bin whose amplitude is below ``rel_eps`` times its map's largest gets phase 0 and no gradient:
+        the angle's gradient is 1 / amplitude, which explodes on near-empty bins once W_b mixes channels."""
         spec = torch.fft.rfft2(g.float(), norm="ortho")
         amp = spec.abs()
-        small = amp < eps
+        floor = rel_eps * amp.detach().flatten(2).amax(2)[..., None, None].clamp(min=1e-12)
+        small = amp.detach() < floor
         safe = torch.where(small, torch.ones_like(spec), spec)
         pha = torch.where(small, torch.zeros_like(amp), torch.angle(safe))
         return amp, pha
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
-        amp, pha = self.amplitude_phase(g)
-        spec = torch.polar(amp, self.phase_conv(pha))
-        freq = torch.fft.irfft2(spec, s=g.shape[-2:], norm="ortho").to(g.dtype)
-        return self.alpha * freq + (1.0 - self.alpha) * g
+        with torch.autocast(device_type=g.device.type, enabled=False):   # FFT, angle and polar in float32
+            amp, pha = self.amplitude_phase(g)
+            spec = torch.polar(amp, self.phase_conv(pha))
+            freq = torch.fft.irfft2(spec, s=g.shape[-2:], norm="ortho")
+        return (self.alpha * freq + (1.0 - self.alpha) * g.float()).to(g.dtype)
 
 
 class PartAttentionHead(nn.Module):
