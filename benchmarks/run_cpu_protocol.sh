@@ -18,4 +18,13 @@ $C --only "AlignedReID + OBC" --seeds 0
 $C --only "AlignedReID, no OBC (Table 1 baseline)"
 $C --only "PAN, no buffer layer (Table 3 row 5)"
 $C --only "OCNet, no backbone freeze"
+# (the third session added the AlignedReID controls and AMD-Net, and ran them before the remaining rows)
+$C --only "PAN, FC per part (Table 2, not shared)"
+$C --only "AlignedReID, [X; Occ(X)] without the OBC loss (alpha 1)"
+$C --only "AlignedReID + OBC, BatchNorm before the OBC's FC (not in the paper)"
+$C --only "AMD-Net" --seeds 0
+$C --only "AMD-Net, no parsing labels"
+$C --only "PAN, softmax over the masks (Table 4, w/)"
+$C --only "AMD-Net" --seeds 1 2
+$C --only "AlignedReID + OBC" --seeds 1 2
 $C
