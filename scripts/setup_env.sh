@@ -3,7 +3,8 @@
 # and .ci/run:
 #   1. a virtual environment in .venv (or $OCCREID_VENV),
 #   2. pinned dependencies (scripts/constraints.txt), fastreid 1.4.0 with --no-deps,
-#   3. the reviewed patches in third_party_patches/ applied to fastreid / torchreid,
+#   3. the reviewed patches in third_party_patches/ applied to fastreid / torchreid / mediapipe
+#      (scripts/patch_toolbox.sh),
 #   4. fastreid's Cython ranker (rank_cy / roc_cy) built,
 #   5. occreid installed in editable mode.
 # Idempotent: a second run with nothing changed only checks the environment (a few seconds).
@@ -15,7 +16,6 @@ venv="${OCCREID_VENV:-$root/.venv}"
 py="$venv/bin/python"
 cons="$root/scripts/constraints.txt"
 reqs="$root/scripts/requirements.txt"
-patches="$root/third_party_patches"
 stamp="$venv/.occreid-setup"
 
 log() { echo "[setup_env] $*"; }
@@ -55,20 +55,10 @@ fi
 
 site=$("$py" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
-# Apply each patch once: already applied (reverse applies cleanly) -> skip; applies -> apply; else fail.
-for p in "$patches"/*.patch; do
-  name=$(basename "$p")
-  if patch -p1 -d "$site" --dry-run -R -s -f < "$p" >/dev/null 2>&1; then
-    continue
-  elif patch -p1 -d "$site" --dry-run -s -f < "$p" >/dev/null 2>&1; then
-    patch -p1 -d "$site" -s -f --no-backup-if-mismatch < "$p"
-    log "applied $name"
-  else
-    echo "[setup_env] ERROR: $p does not apply to $site (is the pinned fastreid/torchreid installed?)" >&2
-    patch -p1 -d "$site" --dry-run -f < "$p" >&2 || true
-    exit 1
-  fi
-done
+# Apply each patch once (already applied -> skipped; fails naming the file): the same command users run on
+# their own install or checkout.
+bash "$root/scripts/patch_toolbox.sh" "$site" \
+  || { echo "[setup_env] ERROR: the patches do not apply to $site (is the pinned fastreid/torchreid installed?)" >&2; exit 1; }
 
 ranker="$site/fastreid/evaluation/rank_cylib"
 if ! ls "$ranker"/rank_cy*.so >/dev/null 2>&1 || ! ls "$ranker"/roc_cy*.so >/dev/null 2>&1; then
