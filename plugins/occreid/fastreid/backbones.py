@@ -6,6 +6,14 @@ the stride-4 size and concatenated, as BPBreID (on which AMD-Net's code builds) 
 map at 384 x 128. Config: ``MODEL.BACKBONE.DEPTH`` ("w18", "w32", "w48", ... : timm's ``hrnet_<depth>``),
 ``FEAT_DIM`` (must equal the concatenated width: ValueError otherwise), ``PRETRAIN`` / ``PRETRAIN_PATH`` (a
 timm state dict, loaded with ``weights_only=True``; no ImageNet weights ship with occreid).
+
+``build_torchreid_osnet_backbone``: a TorchReID OSNet *with its fc layer* (TorchReID model-zoo checkpoints, e.g. the
+MSMT17 OSNet x0.25 of ../shared/data), as a FastReID backbone. FastReID's own ``build_osnet_backbone`` drops the
+fc and gives the last map's C channels (128 for x0.25); TorchReID's test feature is fc(global average pool(map)),
+512-d. This backbone returns that vector as a (B, 512, 1, 1) map, so FastReID's head (any pooling of a 1 x 1 map
+is the identity; ``NECK_FEAT: before``) gives exactly TorchReID's feature. Config: ``MODEL.BACKBONE.DEPTH`` (x1_0,
+x0_75, x0_5, x0_25: TorchReID's ``osnet_<depth>``), ``FEAT_DIM`` 512, ``PRETRAIN_PATH`` (the zoo file, loaded
+with ``weights_only=True``; its classifier is dropped). Example: ``projects/BoT/configs/torchreid_zoo_osnet_x0_25.yml``.
 """
 
 import logging
@@ -56,6 +64,47 @@ def build_timm_hrnet_backbone(cfg):
     return model
 
 
+class TorchReIDOSNetFC(nn.Module):
+    """TorchReID OSNet -> (B, fc width, 1, 1): fc(global average pool(last map))."""
+
+    def __init__(self, depth: str = "x0_25"):
+        super().__init__()
+        from occreid.torchreid.compat import torchreid_modules
+        self.body = torchreid_modules().models.build_model(f"osnet_{depth}", num_classes=1, pretrained=False)
+        self.body.classifier = nn.Identity()  # the zoo's identity classifier is not part of the feature
+        self.out_channels = self.body.feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.body.global_avgpool(self.body.featuremaps(x)).flatten(1)
+        if self.body.fc is not None:
+            v = self.body.fc(v)
+        return v[:, :, None, None]
+
+
+def build_torchreid_osnet_backbone(cfg):
+    depth = str(cfg.MODEL.BACKBONE.DEPTH).lower()
+    model = TorchReIDOSNetFC(depth)
+    if cfg.MODEL.BACKBONE.FEAT_DIM != model.out_channels:
+        raise ValueError(f"MODEL.BACKBONE.FEAT_DIM is {cfg.MODEL.BACKBONE.FEAT_DIM} but TorchReID's osnet_{depth} "
+                         f"gives {model.out_channels}-d features (its fc)")
+    if cfg.MODEL.BACKBONE.PRETRAIN:
+        path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
+        if not path:
+            raise FileNotFoundError("MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty "
+                                    "(a TorchReID model-zoo osnet checkpoint)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
+                 if not k.replace("module.", "").startswith("classifier.")}
+        try:
+            model.body.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path} is not a TorchReID osnet_{depth} checkpoint: {e}") from e
+        logger.info(f"TorchReID osnet_{depth} (with its fc, {model.out_channels}-d) from {path}")
+    return model
+
+
 def register_backbones():
-    if "build_timm_hrnet_backbone" not in BACKBONE_REGISTRY._obj_map:
-        BACKBONE_REGISTRY.register(build_timm_hrnet_backbone)
+    for fn in (build_timm_hrnet_backbone, build_torchreid_osnet_backbone):
+        if fn.__name__ not in BACKBONE_REGISTRY._obj_map:
+            BACKBONE_REGISTRY.register(fn)

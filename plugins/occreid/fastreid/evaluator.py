@@ -57,24 +57,7 @@ class OccReIDEvaluator(ReidEvaluator):
         camids = torch.cat([p["camids"] for p in predictions]).numpy()
         nq = self._num_query
         qf, gf = features[:nq], features[nq:]
-        cfg = self.cfg
-        if cfg.TEST.AQE.ENABLED:
-            logger.info("Test with AQE setting")
-            qf, gf = aqe(qf, gf, cfg.TEST.AQE.QE_TIME, cfg.TEST.AQE.QE_K, cfg.TEST.AQE.ALPHA)
-
-        if self.distance_fn is not None:
-            dist = np.asarray(self.distance_fn(qf, gf), dtype=np.float32)
-        else:
-            dist = build_dist(qf, gf, cfg.TEST.METRIC)
-
-        if cfg.TEST.RERANK.ENABLED:
-            rr = cfg.TEST.RERANK
-            logger.info(f"Re-ranking (occreid, mode={rr.MODE}, search={rr.SEARCH}, k1={rr.K1}, "
-                        f"k2={rr.K2}, lambda={rr.LAMBDA}) of {len(qf)} queries x {len(gf)} gallery")
-            dist = re_ranking(qf, gf, k1=rr.K1, k2=rr.K2, lambda_value=rr.LAMBDA,
-                              metric="cosine" if cfg.TEST.METRIC == "cosine" else "euclidean",
-                              mode=rr.MODE, search=rr.SEARCH,
-                              base_distance=dist if (self.distance_fn is not None or rr.MODE == "fastreid") else None)
+        dist = compute_test_distance(self.cfg, qf, gf, self.distance_fn)
         self.last_distance = dist
 
         cmc, all_ap, all_inp = evaluate_rank(dist, pids[:nq], pids[nq:], camids[:nq], camids[nq:])
@@ -86,3 +69,37 @@ class OccReIDEvaluator(ReidEvaluator):
         results["metric"] = (np.mean(all_ap) + cmc[0]) / 2 * 100
         self._results = results
         return copy.deepcopy(results)
+
+
+def compute_test_distance(cfg, qf, gf, distance_fn=None):
+    """The (q, g) test distance of a FastReID config: AQE (``TEST.AQE``), then the method's own distance
+    (``distance_fn``, e.g. OCNet's Eq. 4) or ``TEST.METRIC``, then occreid's re-ranking (``TEST.RERANK``).
+
+    Shared by :class:`OccReIDEvaluator` and TorchReID's :class:`occreid.torchreid.engine.OccReIDEngine`, so one
+    checkpoint gives one distance through either toolbox.
+
+    Args:
+        cfg: an occreid-extended FastReID config.
+        qf, gf: (q, D) / (g, D) float torch tensors (CPU).
+        distance_fn: optional ``(qf, gf) -> (q, g)`` distance.
+    Returns:
+        (q, g) float32 numpy array.
+    """
+    if cfg.TEST.AQE.ENABLED:
+        logger.info("Test with AQE setting")
+        qf, gf = aqe(qf, gf, cfg.TEST.AQE.QE_TIME, cfg.TEST.AQE.QE_K, cfg.TEST.AQE.ALPHA)
+
+    if distance_fn is not None:
+        dist = np.asarray(distance_fn(qf, gf), dtype=np.float32)
+    else:
+        dist = build_dist(qf, gf, cfg.TEST.METRIC)
+
+    if cfg.TEST.RERANK.ENABLED:
+        rr = cfg.TEST.RERANK
+        logger.info(f"Re-ranking (occreid, mode={rr.MODE}, search={rr.SEARCH}, k1={rr.K1}, "
+                    f"k2={rr.K2}, lambda={rr.LAMBDA}) of {len(qf)} queries x {len(gf)} gallery")
+        dist = re_ranking(qf, gf, k1=rr.K1, k2=rr.K2, lambda_value=rr.LAMBDA,
+                          metric="cosine" if cfg.TEST.METRIC == "cosine" else "euclidean",
+                          mode=rr.MODE, search=rr.SEARCH,
+                          base_distance=dist if (distance_fn is not None or rr.MODE == "fastreid") else None)
+    return dist

@@ -1,0 +1,107 @@
+"""Checkpoints both ways between FastReID and TorchReID, never unpickling code (``weights_only=True``).
+
+- FastReID's checkpoint: ``{"model": state_dict, ...}`` with the meta-architecture's keys (``backbone.*``,
+  ``heads.*``); TorchReID's: ``{"state_dict": state_dict, "epoch": ..., ...}`` (``torchreid.utils.save_checkpoint``)
+  whose keys, for a :class:`~occreid.torchreid.models.FastReIDModel`, carry the prefix ``fastreid.``; either may
+  carry ``module.`` (``DataParallel``).
+- :func:`fastreid_state_dict` reads any of them as FastReID keys; :func:`load_weights` loads one into a
+  ``FastReIDModel`` (checked as :func:`occreid.fastreid.check_checkpoint_matches` checks: only the identity
+  classifier may differ); :func:`save_fastreid_checkpoint` writes a file FastReID's ``MODEL.WEIGHTS`` loads;
+  :func:`convert_checkpoint` converts a file (``occreid convert-checkpoint``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+PREFIX = "fastreid."
+
+
+def _torch_load(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    from fastreid.utils.checkpoint import _checkpoint_safe_globals  # added by occreid's fastreid patch 0003
+    with torch.serialization.safe_globals(_checkpoint_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def fastreid_state_dict(path: str) -> dict:
+    """The model state dict in a FastReID or TorchReID checkpoint file, with FastReID's key names.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file holds no state dict of tensors (names the file).
+    """
+    ckpt = _torch_load(path)
+    state = ckpt
+    if isinstance(ckpt, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(ckpt.get(key), dict):
+                state = ckpt[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"checkpoint {path} holds no model state dict (expected FastReID's 'model' or "
+                         f"TorchReID's 'state_dict')")
+    out = {}
+    for k, v in state.items():
+        for p in ("module.", PREFIX):
+            if k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def load_weights(model, path: str):
+    """Load a FastReID or TorchReID checkpoint of the same method into a ``FastReIDModel`` (in place; returns it).
+
+    The identity classifier is loaded when its shape matches and left as built otherwise (evaluation, or
+    fine-tuning on another dataset).
+
+    Raises:
+        ValueError: the checkpoint is not one of this model (missing keys or other shapes outside the
+            classifier; names the file and the first keys).
+    """
+    from occreid.fastreid.trainer import is_classifier_key
+    state = fastreid_state_dict(path)
+    own = model.fastreid.state_dict()
+    missing = [k for k in own if k not in state and not is_classifier_key(k)]
+    shapes = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in model" for k, v in own.items()
+              if k in state and not is_classifier_key(k) and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or shapes:
+        raise ValueError(f"checkpoint {path} does not match the model {model.meta_architecture} "
+                         f"({len(missing)} missing keys, {len(shapes)} shape mismatches); first: "
+                         f"{(missing + shapes)[:3]}. Was it trained with another config?")
+    keep = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.fastreid.load_state_dict(keep, strict=False)
+    return model
+
+
+def save_fastreid_checkpoint(model, path: str):
+    """Write ``{"model": state_dict}`` of a ``FastReIDModel``: FastReID's ``MODEL.WEIGHTS`` (and
+    ``train_net.py --eval-only``) loads it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    inner = model.module if hasattr(model, "module") else model
+    torch.save({"model": inner.fastreid.state_dict()}, path)
+    return path
+
+
+def convert_checkpoint(src: str, dst: str, to: str = "fastreid"):
+    """Convert a checkpoint file: ``to="fastreid"`` writes ``{"model": ...}`` (FastReID keys), ``to="torchreid"``
+    writes ``{"state_dict": ...}`` with ``fastreid.``-prefixed keys (``torchreid.utils.load_pretrained_weights``
+    and ``FastReIDModel.load_state_dict`` read it).
+
+    Raises:
+        ValueError: unknown ``to``, or ``src`` holds no state dict.
+    """
+    state = fastreid_state_dict(src)
+    if to == "fastreid":
+        out = {"model": state}
+    elif to == "torchreid":
+        out = {"state_dict": {PREFIX + k: v for k, v in state.items()}}
+    else:
+        raise ValueError(f"to must be 'fastreid' or 'torchreid', got {to!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save(out, dst)
+    return dst

@@ -1,0 +1,178 @@
+"""occreid through TorchReID: model / dataset registration, engines, checkpoints both ways, scripts/torchreid_main.py,
+on real Occluded-Duke images (a small identity subset linked into a temporary Occluded_Duke tree)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_occluded_duke(real_root, dest, train_ids=8, per_id=4, test_ids=6, distractors=40):
+    """A real-image Occluded_Duke tree (symlinks): ``train_ids`` ids x ``per_id`` training images, the query images
+    of ``test_ids`` query ids, their gallery images and ``distractors`` other gallery images."""
+    src = os.path.join(real_root, "Occluded_Duke")
+    out = os.path.join(dest, "Occluded_Duke")
+    by_pid = defaultdict(list)
+    for name in sorted(os.listdir(os.path.join(src, "bounding_box_train"))):
+        by_pid[name.split("_")[0]].append(name)
+    os.makedirs(os.path.join(out, "bounding_box_train"))
+    for pid in [p for p in sorted(by_pid) if len(by_pid[p]) >= per_id][:train_ids]:
+        for name in by_pid[pid][:per_id]:
+            os.symlink(os.path.join(src, "bounding_box_train", name), os.path.join(out, "bounding_box_train", name))
+    queries = sorted(os.listdir(os.path.join(src, "query")))
+    qpids = sorted({q.split("_")[0] for q in queries})[:test_ids]
+    os.makedirs(os.path.join(out, "query"))
+    for q in queries:
+        if q.split("_")[0] in qpids:
+            os.symlink(os.path.join(src, "query", q), os.path.join(out, "query", q))
+    os.makedirs(os.path.join(out, "bounding_box_test"))
+    gallery = sorted(n for n in os.listdir(os.path.join(src, "bounding_box_test")) if n.endswith(".jpg"))
+    keep = [g for g in gallery if g.split("_")[0] in qpids] + [g for g in gallery if g.split("_")[0] not in qpids][::400][:distractors]
+    for g in keep:
+        os.symlink(os.path.join(src, "bounding_box_test", g), os.path.join(out, "bounding_box_test", g))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_root(real_data_root, tmp_path_factory):
+    root = _tiny_occluded_duke(real_data_root, str(tmp_path_factory.mktemp("tiny")))
+    os.symlink(os.path.join(real_data_root, "weights"), os.path.join(root, "weights"))
+    for d in ("Partial-REID_Dataset",):
+        os.symlink(os.path.join(real_data_root, d), os.path.join(root, d))
+    return root
+
+
+def test_one_import_registers_every_model_and_dataset_without_editing_torchreid():
+    import occreid.torchreid as ot
+    from occreid.torchreid.compat import image_datasets, model_factory
+    tr = ot.torchreid_modules()
+    assert tr.layout == "pypi"
+    factory, datasets = model_factory(tr), image_datasets(tr)
+    for name in ot.MODELS:
+        assert name in factory, name
+    for name in ("occluded_duke", "occluded_reid", "partial_reid", "partial_reid_occluded", "partial_ilids",
+                 "p_dukemtmc", "opreid"):
+        assert name in datasets, name
+    import importlib
+    importlib.reload(ot)  # a second import changes nothing (TorchReID raises on a registered dataset name)
+    with pytest.raises(KeyError, match="unknown occreid model"):
+        ot.build_occreid_model("ocnet_resnet18", 10)
+
+
+def test_models_return_what_torchreid_engines_expect(real_data_root, monkeypatch):
+    monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
+    from torchreid.reid import models
+    import occreid.torchreid  # noqa: F401
+    torch.manual_seed(0)
+    x, pids = torch.randn(8, 3, 256, 128), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    bot = models.build_model("bot_osnet_x0_25", num_classes=5, loss="triplet", pretrained=False, use_gpu=False)
+    bot.train()
+    logits, feats = bot(x)
+    assert logits.shape == (8, 5) and feats.shape == (8, 128)
+    bot.loss = "softmax"
+    assert bot(x).shape == (8, 5)
+    ocnet = models.build_model("ocnet_osnet_x0_25", num_classes=5, loss="occreid", pretrained=True, use_gpu=False)
+    ocnet.train()
+    losses = ocnet(x, pids)  # OCNet's own losses (F_BB, F_final, f_g, f_c, SL): the FastReID module's
+    assert len(losses) >= 4 and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert ocnet.fastreid.backbone.conv1.conv.weight.grad.abs().sum() > 0
+    with pytest.raises(NotImplementedError, match="OccReIDEngine"):
+        ocnet(x)
+    ocnet.eval()
+    with torch.no_grad():
+        f = ocnet(x)
+    assert f.shape[0] == 8 and ocnet.test_distance() is not None  # Eq. 4 on [F_final, F_BB]
+
+
+def test_test_only_sets_work_as_targets_and_refuse_to_be_sources(real_data_root):
+    from torchreid.reid import data
+    import occreid.torchreid as ot
+    dm = data.ImageDataManager(root=real_data_root, sources="occluded_duke", targets=["partial_reid", "partial_ilids"],
+                               batch_size_test=64, workers=0)
+    assert len(dm.test_loader["partial_reid"]["query"].dataset) == 300
+    assert len(dm.test_loader["partial_reid"]["gallery"].dataset) == 300
+    assert len(dm.test_loader["partial_ilids"]["query"].dataset) == 119
+    with pytest.raises(ot.TestOnlyDatasetError, match="partial_reid|PartialREID"):
+        data.ImageDataManager(root=real_data_root, sources="partial_reid", workers=0)
+
+
+def test_torchreid_zoo_osnet_in_fastreid_gives_torchreid_s_512d_feature(real_data_root):
+    """build_torchreid_osnet_backbone keeps the zoo model's fc: FastReID's feature is TorchReID's, to float error."""
+    from occreid.torchreid import FastReIDModel, load_config
+    from occreid.torchreid.features import build_torchreid_model
+    weights = os.path.join(real_data_root, "weights", "osnet_x0_25_msmt17.pth")
+    cfg = load_config("projects/BoT/configs/torchreid_zoo_osnet_x0_25.yml", ["MODEL.BACKBONE.PRETRAIN_PATH", weights],
+                      num_classes=1)
+    ours = FastReIDModel(cfg).eval()
+    ref = build_torchreid_model("osnet_x0_25", weights).eval()
+    x = torch.randn(4, 3, 256, 128)
+    with torch.no_grad():
+        a, b = ours(x), ref(x)
+    assert a.shape == b.shape == (4, 512)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-4, rtol=1e-4)
+
+
+def test_checkpoints_go_both_ways_and_a_wrong_one_is_named(real_data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
+    import occreid.torchreid as ot
+    from occreid.fastreid import check_checkpoint_matches
+    torch.manual_seed(0)
+    a = ot.build_occreid_model("sgr_osnet_x0_25", 7, pretrained=False, use_gpu=False)
+    # TorchReID's checkpoint format (torchreid.utils.save_checkpoint: {'state_dict': model.state_dict(), ...})
+    torch.save({"state_dict": a.state_dict(), "epoch": 1}, tmp_path / "tr.pth.tar")
+    fr = ot.convert_checkpoint(str(tmp_path / "tr.pth.tar"), str(tmp_path / "fr.pth"), to="fastreid")
+    check_checkpoint_matches(a.fastreid, fr)  # FastReID's MODEL.WEIGHTS check accepts it
+    torch.manual_seed(1)
+    b = ot.build_occreid_model("sgr_osnet_x0_25", 3, pretrained=False, use_gpu=False)  # other classifier size
+    ot.load_weights(b, fr)
+    x = torch.randn(2, 3, 256, 128)
+    with torch.no_grad():
+        assert torch.allclose(a.eval()(x), b.eval()(x))
+    with pytest.raises(ValueError, match="does not match the model OCNet"):
+        ot.load_weights(ot.build_occreid_model("ocnet_osnet_x0_25", 3, pretrained=False, use_gpu=False), fr)
+
+
+def test_torchreid_main_trains_on_real_images_and_hands_its_checkpoint_to_fastreid(tiny_root, tmp_path, monkeypatch):
+    """scripts/torchreid_main.py (TorchReID's script style) trains OCNet with its own losses on real Occluded-Duke
+    images, the loss goes down, TorchReID's evaluation runs with Eq. 4; the FastReID-format checkpoint it writes
+    evaluates through FastReID (OccReIDTrainer) to the same Rank-1 / mAP."""
+    monkeypatch.setenv("FASTREID_DATASETS", tiny_root)
+    save = tmp_path / "run"
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "torchreid_main.py"), "--config-file",
+                        os.path.join(REPO, "configs", "torchreid", "ocnet_osnet_x0_25_occluded_duke.yaml"),
+                        "--root", tiny_root, "data.save_dir", str(save), "train.batch_size", "16",
+                        "train.max_epoch", "4", "train.print_freq", "1", "data.workers", "0",
+                        "data.transforms", "['random_flip']"],
+                       capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = r.stdout
+    losses = [float(m.group(1)) for m in re.finditer(r"\tloss ([\d.]+) ", log)]  # TorchReID's per-step line
+    assert len(losses) >= 4 and np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    assert "Distance: OCNet's own test distance" in log
+    res = json.load(open(save / "occreid_results.json"))["results"]
+    assert 0 <= res["mAP"] <= 100 and res["Rank-1"] > 0
+
+    # the same weights through FastReID's side
+    from fastreid.config import get_cfg
+    from fastreid.evaluation import inference_on_dataset
+    from occreid.fastreid import OccReIDTrainer, add_occreid_config
+    from occreid.fastreid.config import expand_config_paths
+    from occreid.fastreid.trainer import load_checked_weights
+    cfg = add_occreid_config(get_cfg())
+    cfg.merge_from_file(os.path.join(REPO, "projects", "OCNet", "configs", "occluded_duke_osnet_x0_25_cpu.yml"))
+    cfg.merge_from_list(["MODEL.BACKBONE.PRETRAIN", False, "MODEL.HEADS.NUM_CLASSES", 8, "DATALOADER.NUM_WORKERS", 0])
+    expand_config_paths(cfg)
+    model = OccReIDTrainer.build_model(cfg)
+    load_checked_weights(model, str(save / "model_final_fastreid.pth"))
+    loader, evaluator = OccReIDTrainer.build_evaluator(cfg, "OccludedDuke")
+    fr = inference_on_dataset(model, loader, evaluator)
+    assert abs(fr["Rank-1"] - res["Rank-1"]) < 0.1 and abs(fr["mAP"] - res["mAP"]) < 0.1, (fr, res)
