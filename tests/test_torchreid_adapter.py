@@ -131,6 +131,11 @@ def test_checkpoints_go_both_ways_and_a_wrong_one_is_named(real_data_root, tmp_p
     torch.save({"state_dict": a.state_dict(), "epoch": 1}, tmp_path / "tr.pth.tar")
     fr = ot.convert_checkpoint(str(tmp_path / "tr.pth.tar"), str(tmp_path / "fr.pth"), to="fastreid")
     check_checkpoint_matches(a.fastreid, fr)  # FastReID's MODEL.WEIGHTS check accepts it
+    from occreid.fastreid.trainer import load_checked_weights
+    c = ot.build_occreid_model("sgr_osnet_x0_25", 7, pretrained=False, use_gpu=False)
+    load_checked_weights(c.fastreid, str(tmp_path / "tr.pth.tar"))  # and the TorchReID file itself (train_net.py)
+    for k, v in a.fastreid.state_dict().items():
+        assert torch.equal(v, c.fastreid.state_dict()[k]), k
     torch.manual_seed(1)
     b = ot.build_occreid_model("sgr_osnet_x0_25", 3, pretrained=False, use_gpu=False)  # other classifier size
     ot.load_weights(b, fr)

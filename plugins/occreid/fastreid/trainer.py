@@ -79,26 +79,53 @@ class ReIDImageDataset(CommDataset):
             raise RuntimeError(f"cannot read image {self.img_items[index][0]}: {e}") from e
 
 
-def check_checkpoint_matches(model, path):
-    """Raise ``ValueError`` if the checkpoint at ``path`` was not made for ``model``.
+def read_state_dict(path):
+    """``(state_dict with FastReID key names, format)`` of a checkpoint file, loaded with ``weights_only=True``.
 
-    Loads with ``torch.load(weights_only=True)`` (no pickled code runs). A checkpoint matches when
-    every parameter / buffer of the model is present with the same shape, except the identity
-    classifier (:func:`is_classifier_key`), which may differ when fine-tuning on another dataset.
+    Reads FastReID's checkpoints (``{"model": ...}``, ``format == "fastreid"``), TorchReID's
+    (``{"state_dict": ...}`` from ``torchreid.utils.save_checkpoint``, keys of an occreid TorchReID model prefixed
+    ``fastreid.``; ``format == "torchreid"``) and bare state dicts (``"state_dict"``); ``module.`` is stripped.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file holds no model state dict, or keys / shapes do not match.
+        ValueError: the file holds no state dict (names the file).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     from fastreid.utils.checkpoint import _checkpoint_safe_globals  # added by our fastreid patch 0003
     with torch.serialization.safe_globals(_checkpoint_safe_globals()):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise ValueError(f"checkpoint {path} holds no model state dict")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    fmt, state = "state_dict", ckpt
+    if isinstance(ckpt, dict):
+        for key, name in (("model", "fastreid"), ("state_dict", "torchreid")):
+            if isinstance(ckpt.get(key), dict):
+                fmt, state = name, ckpt[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"checkpoint {path} holds no model state dict (FastReID's 'model' or TorchReID's "
+                         f"'state_dict')")
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "fastreid."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out, fmt
+
+
+def check_checkpoint_matches(model, path):
+    """Raise ``ValueError`` if the checkpoint at ``path`` was not made for ``model``.
+
+    Loads with ``torch.load(weights_only=True)`` (no pickled code runs); FastReID and TorchReID checkpoints
+    (:func:`read_state_dict`). A checkpoint matches when every parameter / buffer of the model is present with
+    the same shape, except the identity classifier (:func:`is_classifier_key`), which may differ when
+    fine-tuning on another dataset.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file holds no model state dict, or keys / shapes do not match.
+    """
+    state, _ = read_state_dict(path)
     own = model.state_dict()
     missing = [k for k in own if k not in state and not is_classifier_key(k)]
     shapes = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in model" for k, v in own.items()
@@ -112,10 +139,20 @@ def check_checkpoint_matches(model, path):
 
 
 def load_checked_weights(model, path):
-    """Load the checkpoint at ``path`` into ``model`` after :func:`check_checkpoint_matches`."""
+    """Load the checkpoint at ``path`` into ``model`` after :func:`check_checkpoint_matches`.
+
+    FastReID checkpoints load through FastReID's ``Checkpointer``; TorchReID checkpoints of occreid models
+    (``scripts/torchreid_main.py``) load their tensors directly (the classifier only where its shape matches)."""
     from fastreid.utils.checkpoint import Checkpointer
     check_checkpoint_matches(model, path)
-    Checkpointer(model).load(path)
+    state, fmt = read_state_dict(path)
+    if fmt == "fastreid":
+        Checkpointer(model).load(path)
+    else:
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)},
+                              strict=False)
+        logger.info(f"Loaded the {fmt} checkpoint {path} ({len(own)} tensors checked)")
     return model
 
 

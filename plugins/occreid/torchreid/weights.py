@@ -4,6 +4,8 @@
   ``heads.*``); TorchReID's: ``{"state_dict": state_dict, "epoch": ..., ...}`` (``torchreid.utils.save_checkpoint``)
   whose keys, for a :class:`~occreid.torchreid.models.FastReIDModel`, carry the prefix ``fastreid.``; either may
   carry ``module.`` (``DataParallel``).
+- FastReID's side (``train_net.py --eval-only MODEL.WEIGHTS``, :func:`occreid.fastreid.trainer.load_checked_weights`)
+  reads TorchReID checkpoints of occreid models directly;
 - :func:`fastreid_state_dict` reads any of them as FastReID keys; :func:`load_weights` loads one into a
   ``FastReIDModel`` (checked as :func:`occreid.fastreid.check_checkpoint_matches` checks: only the identity
   classifier may differ); :func:`save_fastreid_checkpoint` writes a file FastReID's ``MODEL.WEIGHTS`` loads;
@@ -19,38 +21,16 @@ import torch
 PREFIX = "fastreid."
 
 
-def _torch_load(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    from fastreid.utils.checkpoint import _checkpoint_safe_globals  # added by occreid's fastreid patch 0003
-    with torch.serialization.safe_globals(_checkpoint_safe_globals()):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def fastreid_state_dict(path: str) -> dict:
-    """The model state dict in a FastReID or TorchReID checkpoint file, with FastReID's key names.
+    """The model state dict in a FastReID or TorchReID checkpoint file, with FastReID's key names
+    (:func:`occreid.fastreid.trainer.read_state_dict`).
 
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: the file holds no state dict of tensors (names the file).
     """
-    ckpt = _torch_load(path)
-    state = ckpt
-    if isinstance(ckpt, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(ckpt.get(key), dict):
-                state = ckpt[key]
-                break
-    if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
-        raise ValueError(f"checkpoint {path} holds no model state dict (expected FastReID's 'model' or "
-                         f"TorchReID's 'state_dict')")
-    out = {}
-    for k, v in state.items():
-        for p in ("module.", PREFIX):
-            if k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
+    from occreid.fastreid.trainer import read_state_dict
+    return read_state_dict(path)[0]
 
 
 def load_weights(model, path: str):
