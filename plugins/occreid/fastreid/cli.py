@@ -309,6 +309,12 @@ def cmd_parse(args):
     print(f"coverage: {n} / {total} images labelled ({100.0 * n / max(1, total):.1f}%) in {labels.label_root}")
 
 
+def cmd_convert_checkpoint(args):
+    from occreid.torchreid.weights import convert_checkpoint
+    out = convert_checkpoint(args.src, args.dst, to=args.to)
+    print(f"{args.src} -> {out} ({args.to} format)")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="occreid", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -358,6 +364,11 @@ def build_parser():
     s.add_argument("--overlay", help="also write a PNG of images with their labels overlaid")
     s.add_argument("--num", type=int, default=16, help="images in the --overlay picture")
     s.add_argument("--segmenter", default="pose", choices=["pose", "selfie"], help="foreground segmentation")
+    s = sub.add_parser("convert-checkpoint", help="a FastReID <-> TorchReID checkpoint of an occreid model")
+    s.set_defaults(fn=cmd_convert_checkpoint)
+    s.add_argument("src", help="FastReID ({'model': ...}) or TorchReID ({'state_dict': ...}) checkpoint")
+    s.add_argument("dst", help="file to write")
+    s.add_argument("--to", required=True, choices=["fastreid", "torchreid"])
     return p
 
 
