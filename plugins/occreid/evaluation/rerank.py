@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple, Union
 
@@ -53,13 +54,35 @@ SEARCHES = ("exact", "faiss", "ivf", "hnsw")
 
 
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
+    """``x`` as a detached, contiguous (n, D) float32 tensor on its own device, or a clear error.
+
+    Accepts numpy arrays and torch tensors of any real dtype (float16 / float64 / integers are converted to
+    float32; tensors that require grad are detached).
+
+    Raises:
+        TypeError: not an array / tensor, or a bool / complex / object dtype.
+        ValueError: not 2-D, no rows or no columns, or NaN / inf in any row (after the float32 conversion;
+            one such row would turn every re-ranked distance into NaN): says how many rows and the first.
+    """
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (n, dim), got shape {tuple(x.shape)}")
-    return x.detach().float().contiguous()
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    x = x.detach().float().contiguous()
+    bad = ~torch.isfinite(x).all(1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()
+        raise ValueError(f"{name}: {len(rows)} of {x.shape[0]} rows contain NaN or inf (as float32; first: row "
+                         f"{int(rows[0])}); one such row would make every re-ranked distance NaN")
+    return x
 
 
 @dataclass
@@ -77,17 +100,22 @@ class NeighbourPass:
     row_max: np.ndarray
 
 
-def _sq_dist_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
-    """(m, n) squared l2 distances ``|a|^2 + |b|^2 - 2 a.b``, clamped at 0. On the CPU the product
-    goes through NumPy's BLAS (faster than torch's MKL here for this shape); on CUDA through torch."""
-    if a.is_cuda:
+def _sq_dist_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor,
+                   backend: str = "auto") -> torch.Tensor:
+    """(m, n) squared l2 distances ``|a|^2 + |b|^2 - 2 a.b``, clamped at 0.
+
+    ``backend``: ``"torch"`` (one ``torch.addmm``; the CUDA path, also run on CPU tensors by the tests),
+    ``"numpy"`` (the product through NumPy's BLAS: faster than torch's here on the CPU for this shape; CPU only),
+    ``"auto"`` (torch on CUDA, numpy on the CPU)."""
+    if backend == "torch" or (backend == "auto" and a.is_cuda):
         return torch.addmm(a_sq[:, None] + b_sq[None, :], a, b.t(), beta=1.0, alpha=-2.0).clamp_(min=0)
     d = torch.from_numpy(a.numpy() @ b.numpy().T)
     d.mul_(-2.0).add_(a_sq[:, None]).add_(b_sq[None, :])
     return d.clamp_(min=0)
 
 
-def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progress: bool = False) -> NeighbourPass:
+def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progress: bool = False,
+                         backend: str = "auto") -> NeighbourPass:
     """Exact k-NN and row maxima of squared l2 distances in one blocked pass (flat brute force).
 
     Each block of rows is one matrix product against all N points, of the augmented vectors
@@ -100,13 +128,16 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
         feats: (N, D) float32, CPU or CUDA.
         k: neighbours per point (<= N).
         block: rows per product block.
+        backend: ``"torch"`` (the products in torch on the features' device: the CUDA path, which the tests run
+            on CPU tensors), ``"numpy"`` (CPU, NumPy's BLAS), ``"auto"`` (torch on CUDA, numpy on the CPU).
     """
     n = feats.shape[0]
     k = min(k, n)
     sq = (feats * feats).sum(1)
     rows = torch.cat([feats, torch.ones(n, 1, dtype=feats.dtype, device=feats.device)], 1)
     cols = torch.cat([-2.0 * feats, sq[:, None]], 1)
-    if not feats.is_cuda:
+    use_torch = backend == "torch" or (backend == "auto" and feats.is_cuda)
+    if not use_torch:
         rows_np, cols_t = rows.numpy(), cols.numpy().T
     rank = np.empty((n, k), dtype=np.int64)
     knn = np.empty((n, k), dtype=np.float32)
@@ -117,7 +148,7 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
         starts = tqdm(starts, desc="k-NN + row max", unit="block")
     for s in starts:
         e = min(s + block, n)
-        if feats.is_cuda:
+        if use_torch:
             m = rows[s:e] @ cols.t()
         else:
             m = torch.from_numpy(rows_np[s:e] @ cols_t)
@@ -148,7 +179,14 @@ def faiss_neighbour_pass(feats: torch.Tensor, k: int, search: str = "faiss", nli
     if search == "faiss":
         index = faiss.IndexFlatL2(dim)
         if on_gpu:
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), feats.device.index or 0, index)
+            try:
+                gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), feats.device.index or 0, index)
+                gpu_index.add(x)
+                knn, rank = gpu_index.search(x, k)
+            except Exception as e:  # e.g. FastReID's known "runL2Norm ... CUDA error" set-ups
+                warnings.warn(f"re-ranking: the faiss GPU index failed ({type(e).__name__}: {e}); "
+                              f"falling back to the CPU index", RuntimeWarning)
+                on_gpu = False
     elif search == "ivf":
         nlist = nlist or max(1, int(4 * math.sqrt(n)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
@@ -161,8 +199,9 @@ def faiss_neighbour_pass(feats: torch.Tensor, k: int, search: str = "faiss", nli
         index.hnsw.efSearch = max(64, 2 * k)
     else:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
-    index.add(x)
-    knn, rank = index.search(x, k)
+    if not (search == "faiss" and on_gpu):
+        index.add(x)
+        knn, rank = index.search(x, k)
     knn = np.maximum(knn, 0).astype(np.float32)
     # the point itself first, once (an approximate index may miss it, a tie may put it later)
     self_col = rank == np.arange(n)[:, None]
@@ -309,25 +348,52 @@ class _Reranker:
     """Shared state of :func:`re_ranking` and :func:`re_ranking_topk` (see the module docstring)."""
 
     def __init__(self, query_features, gallery_features, k1, k2, lambda_value, metric, mode, search,
-                 block, progress, base_distance=None, **search_kwargs):
+                 block, progress, base_distance=None, device=None, backend="auto", **search_kwargs):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         if search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+        if backend not in ("auto", "torch", "numpy"):
+            raise ValueError(f"backend must be auto, torch or numpy, got {backend!r}")
         if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
             raise ValueError(f"need k1 >= 1, k2 >= 1, 0 <= lambda_value <= 1; got {k1}, {k2}, {lambda_value}")
         q = _as_tensor(query_features, "query_features")
         g = _as_tensor(gallery_features, "gallery_features")
+        q_in, g_in = q, g  # as given (before normalisation): what a callable base_distance receives
         if q.shape[1] != g.shape[1]:
             raise ValueError(f"query and gallery feature sizes differ: {q.shape[1]} vs {g.shape[1]}")
+        if device is not None:
+            try:
+                q, g = q.to(device), g.to(device)
+            except (RuntimeError, AssertionError) as e:  # no CUDA build / no device
+                warnings.warn(f"re-ranking: device {device!r} is not available ({e}); running on the CPU",
+                              RuntimeWarning)
+                q, g = q.cpu(), g.cpu()
         if g.device != q.device:
             g = g.to(q.device)
         if metric == "cosine":
+            for name, x in (("query_features", q), ("gallery_features", g)):
+                zero = (x.abs().sum(1) == 0)
+                if bool(zero.any()):
+                    raise ValueError(f"{name}: {int(zero.sum())} of {x.shape[0]} rows are zero vectors (first: row "
+                                     f"{int(torch.nonzero(zero)[0])}): their cosine distance is undefined")
             q = torch.nn.functional.normalize(q, dim=1)
             g = torch.nn.functional.normalize(g, dim=1)
         self.q, self.g = q.shape[0], g.shape[0]
+        self._q_in, self._g_in = q_in, g_in
+        if callable(base_distance):
+            pass  # evaluated per chunk of queries in chunks()
+        elif base_distance is not None:
+            if isinstance(base_distance, torch.Tensor):
+                base_distance = base_distance.detach().cpu().numpy()
+            base_distance = np.asarray(base_distance, dtype=np.float32)
+            if base_distance.shape != (self.q, self.g):
+                raise ValueError(f"base_distance must be (q, g) = ({self.q}, {self.g}), got {base_distance.shape}")
+            if not np.isfinite(base_distance).all():
+                raise ValueError(f"base_distance: {int((~np.isfinite(base_distance)).sum())} entries are NaN or inf")
+        self.backend = backend
         self.feats = torch.cat([q, g])
         self.mode, self.metric, self.lambda_value = mode, metric, lambda_value
         self.base_distance = base_distance
@@ -336,7 +402,16 @@ class _Reranker:
         n_fwd = min(n_fwd, self.feats.shape[0])
         n_half = min(n_half, n_fwd)
         if search == "exact":
-            nbr = exact_neighbour_pass(self.feats, max(n_fwd, k2), block=block, progress=progress)
+            try:
+                nbr = exact_neighbour_pass(self.feats, max(n_fwd, k2), block=block, progress=progress,
+                                           backend=backend)
+            except RuntimeError as e:
+                if not self.feats.is_cuda:
+                    raise
+                warnings.warn(f"re-ranking on {self.feats.device} failed ({e}); falling back to the CPU",
+                              RuntimeWarning)
+                self.feats = self.feats.cpu()
+                nbr = exact_neighbour_pass(self.feats, max(n_fwd, k2), block=block, progress=progress)
         else:
             nbr = faiss_neighbour_pass(self.feats, max(n_fwd, k2), search=search, **search_kwargs)
         self.row_max = np.maximum(nbr.row_max, np.finfo(np.float32).tiny)
@@ -358,10 +433,16 @@ class _Reranker:
             jac = 1.0 - shared / (2.0 - shared)
             if self.mode == "fastreid":
                 np.maximum(jac, 0.0, out=jac)
-            if self.base_distance is not None:
+            if callable(self.base_distance):
+                base = np.asarray(self.base_distance(self._q_in[s:e], self._g_in), dtype=np.float32)
+                if base.shape != (e - s, self.g) or not np.isfinite(base).all():
+                    raise ValueError(f"base_distance({e - s} queries, {self.g} gallery) gave shape {base.shape} "
+                                     f"or non-finite values")
+            elif self.base_distance is not None:
                 base = np.asarray(self.base_distance[s:e], dtype=np.float32)
             else:
-                d = _sq_dist_block(self.feats[s:e], gal, self.sq[s:e], self.sq[self.q:]).cpu().numpy()
+                d = _sq_dist_block(self.feats[s:e], gal, self.sq[s:e], self.sq[self.q:],
+                                   backend=self.backend).cpu().numpy()
                 if self.mode == "zhong":
                     base = d * self.scale[s:e, None]
                 elif self.metric == "cosine":
@@ -374,7 +455,8 @@ class _Reranker:
 def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20, k2: int = 6,
                lambda_value: float = 0.3, metric: str = "euclidean", mode: str = "zhong",
                search: str = "exact", base_distance: Optional[np.ndarray] = None, block: int = 2048,
-               chunk: int = 1024, progress: bool = False, **search_kwargs) -> np.ndarray:
+               chunk: int = 1024, progress: bool = False, device: Optional[str] = None, backend: str = "auto",
+               **search_kwargs) -> np.ndarray:
     """k-reciprocal re-ranked query x gallery distance (Zhong et al. CVPR 2017, Eq. 12).
 
     Args:
@@ -389,20 +471,30 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
             estimated), ``"ivf"`` / ``"hnsw"`` (approximate faiss k-NN for very large N; row maxima
             estimated). See :func:`faiss_neighbour_pass`.
         base_distance: optional (q, g) distance to mix in place of the features' own (e.g. OCNet's
-            two-feature distance); the k-reciprocal neighbourhoods still come from the features.
+            two-feature distance), or a callable ``(query_feats (m, D), gallery_feats (g, D)) -> (m, g)`` called per
+            chunk of queries (no (q, g) array needed); the k-reciprocal neighbourhoods still come from the features.
         block: rows per GEMM block in the exact pass (memory ``block x N`` floats).
         chunk: queries per Jaccard chunk (memory ``chunk x g`` floats plus the shared pairs).
         progress: show a progress bar of the exact pass.
+        device: run on this torch device (``"cuda"``: the exact pass as torch products on the GPU, a faiss GPU index
+            with ``search="faiss"`` when faiss has GPUs); ``None``: the features' own device. A device that is not
+            there, or a GPU pass that fails, falls back to the CPU with a ``RuntimeWarning``, never an error.
+        backend: ``"auto"`` (torch products on CUDA, NumPy's BLAS on the CPU), ``"torch"`` (torch everywhere: the
+            GPU code path, which the tests run on the CPU), ``"numpy"``.
     Returns:
         (q, g) float32 numpy array; smaller is more similar.
     Raises:
-        ValueError / TypeError: bad shapes, sizes, or option values.
+        ValueError / TypeError: bad shapes, sizes or option values; NaN / inf in the features or the base
+            distance (how many rows); zero vectors with ``metric="cosine"``; empty inputs. float16 / float64 /
+            integer features are converted to float32, tensors that require grad are detached, and a gallery on
+            another device than the query is moved to it. k1 or k2 larger than q + g behave as in Zhong's code
+            (every point is a neighbour).
 
     Complexity: time O(N^2 D) for the exact pass plus O(q x |shared pairs|) for the Jaccard part;
     memory O(N x k1 x k2) plus the (q, g) output. N = q + g.
     """
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
-                   progress, base_distance, **search_kwargs)
+                   progress, base_distance, device=device, backend=backend, **search_kwargs)
     out = np.empty((rr.q, rr.g), dtype=np.float32)
     for s, e, d in rr.chunks(chunk):
         out[s:e] = d
@@ -412,17 +504,19 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
 def re_ranking_topk(query_features: ArrayLike, gallery_features: ArrayLike, topk: int = 10, k1: int = 20,
                     k2: int = 6, lambda_value: float = 0.3, metric: str = "euclidean", mode: str = "zhong",
                     search: str = "exact", block: int = 2048, chunk: int = 256, progress: bool = False,
+                    base_distance=None, device: Optional[str] = None, backend: str = "auto",
                     **search_kwargs) -> Tuple[np.ndarray, np.ndarray]:
     """The ``topk`` gallery items per query under the re-ranked distance, without any (q, g) array.
 
-    Same arguments as :func:`re_ranking`. Memory O(N x k1 x k2 + chunk x g).
+    Same arguments as :func:`re_ranking` (``base_distance``: best a callable, so that no (q, g) array is made,
+    e.g. ``occreid.fastreid.ocnet.ocnet_distance_from_cfg(cfg)`` for OCNet's Eq. 4). Memory O(N x k1 x k2 + chunk x g).
 
     Returns:
         ``(indices, distances)``: (q, topk) int64 gallery indices, nearest first, and their (q, topk)
         float32 re-ranked distances.
     """
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
-                   progress, None, **search_kwargs)
+                   progress, base_distance, device=device, backend=backend, **search_kwargs)
     topk = min(topk, rr.g)
     chunk = max(1, min(chunk, (1 << 25) // max(rr.g, 1)))  # at most ~2^25 distances per chunk
     idx = np.empty((rr.q, topk), dtype=np.int64)
