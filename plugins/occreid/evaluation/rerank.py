@@ -93,11 +93,14 @@ class NeighbourPass:
         rank: (N, k) int64, the k nearest neighbours of each point, nearest first (self included).
         knn_dist: (N, k) float32, their squared l2 distances.
         row_max: (N,) float32, each point's largest squared l2 distance to any point (or an estimate).
+        head: (m, N - m) float32 squared l2 distances of the first m points to the others, when the pass was
+            asked to keep them (``keep_rows=m``: the query x gallery block, which then costs no second product).
     """
 
     rank: np.ndarray
     knn_dist: np.ndarray
     row_max: np.ndarray
+    head: Optional[np.ndarray] = None  # (m, N - m) squared l2 of the first m rows to the others, if kept
 
 
 def _sq_dist_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor,
@@ -115,7 +118,7 @@ def _sq_dist_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: t
 
 
 def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progress: bool = False,
-                         backend: str = "auto") -> NeighbourPass:
+                         backend: str = "auto", keep_rows: int = 0) -> NeighbourPass:
     """Exact k-NN and row maxima of squared l2 distances in one blocked pass (flat brute force).
 
     Each block of rows is one matrix product against all N points, of the augmented vectors
@@ -130,6 +133,8 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
         block: rows per product block.
         backend: ``"torch"`` (the products in torch on the features' device: the CUDA path, which the tests run
             on CPU tensors), ``"numpy"`` (CPU, NumPy's BLAS), ``"auto"`` (torch on CUDA, numpy on the CPU).
+        keep_rows: also keep the squared distances of the first ``keep_rows`` points to the others
+            (``NeighbourPass.head``; memory keep_rows x (N - keep_rows) floats).
     """
     n = feats.shape[0]
     k = min(k, n)
@@ -142,6 +147,7 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
     rank = np.empty((n, k), dtype=np.int64)
     knn = np.empty((n, k), dtype=np.float32)
     row_max = np.empty(n, dtype=np.float32)
+    head = np.empty((keep_rows, n - keep_rows), dtype=np.float32) if keep_rows else None
     starts = range(0, n, block)
     if progress:
         from tqdm import tqdm
@@ -157,7 +163,10 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
         rank[s:e] = idx.cpu().numpy()
         knn[s:e] = (vals + sq[s:e, None]).clamp_(min=0).cpu().numpy()
         row_max[s:e] = (m.max(1).values + sq[s:e]).cpu().numpy()
-    return NeighbourPass(rank, knn, row_max)
+        if s < keep_rows:
+            h = min(e, keep_rows) - s
+            head[s:s + h] = (m[:h, keep_rows:] + sq[s:s + h, None]).clamp_(min=0).cpu().numpy()
+    return NeighbourPass(rank, knn, row_max, head)
 
 
 def faiss_neighbour_pass(feats: torch.Tensor, k: int, search: str = "faiss", nlist: Optional[int] = None,
@@ -348,7 +357,8 @@ class _Reranker:
     """Shared state of :func:`re_ranking` and :func:`re_ranking_topk` (see the module docstring)."""
 
     def __init__(self, query_features, gallery_features, k1, k2, lambda_value, metric, mode, search,
-                 block, progress, base_distance=None, device=None, backend="auto", **search_kwargs):
+                 block, progress, base_distance=None, device=None, backend="auto", keep_qg=False,
+                 **search_kwargs):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if metric not in METRICS:
@@ -404,7 +414,7 @@ class _Reranker:
         if search == "exact":
             try:
                 nbr = exact_neighbour_pass(self.feats, max(n_fwd, k2), block=block, progress=progress,
-                                           backend=backend)
+                                           backend=backend, keep_rows=self.q if keep_qg else 0)
             except RuntimeError as e:
                 if not self.feats.is_cuda:
                     raise
@@ -423,6 +433,7 @@ class _Reranker:
         self.vq = v[: self.q]
         self.vg = v[self.q:].tocsc()
         self.sq = (self.feats * self.feats).sum(1)
+        self.qg = nbr.head  # the q x g squared distances of the exact pass (dense output only), else None
 
     def chunks(self, chunk: int) -> Iterator[Tuple[int, int, np.ndarray]]:
         """Yield ``(start, end, final distance of queries start:end vs all gallery)``."""
@@ -441,8 +452,11 @@ class _Reranker:
             elif self.base_distance is not None:
                 base = np.asarray(self.base_distance[s:e], dtype=np.float32)
             else:
-                d = _sq_dist_block(self.feats[s:e], gal, self.sq[s:e], self.sq[self.q:],
-                                   backend=self.backend).cpu().numpy()
+                if self.qg is not None:
+                    d = self.qg[s:e]
+                else:
+                    d = _sq_dist_block(self.feats[s:e], gal, self.sq[s:e], self.sq[self.q:],
+                                       backend=self.backend).cpu().numpy()
                 if self.mode == "zhong":
                     base = d * self.scale[s:e, None]
                 elif self.metric == "cosine":
@@ -494,7 +508,8 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
     memory O(N x k1 x k2) plus the (q, g) output. N = q + g.
     """
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
-                   progress, base_distance, device=device, backend=backend, **search_kwargs)
+                   progress, base_distance, device=device, backend=backend,
+                   keep_qg=base_distance is None, **search_kwargs)
     out = np.empty((rr.q, rr.g), dtype=np.float32)
     for s, e, d in rr.chunks(chunk):
         out[s:e] = d
