@@ -9,10 +9,12 @@ datasets (``occluded_duke``, ``partial_reid``, ...) registered by ``import occre
 - ``loss.name: occreid`` trains with the method's own losses (:class:`occreid.torchreid.OccReIDEngine`);
   ``softmax`` / ``triplet`` use TorchReID's engines (BoT models only), all three with occreid's evaluation (the
   model's own test distance, occreid's re-ranking with ``test.rerank``);
-- ``model.load_weights`` takes a FastReID or TorchReID checkpoint of the same model (checked);
+- ``model.load_weights`` takes a FastReID or TorchReID checkpoint of the same model (checked); ``model.resume`` a
+  TorchReID checkpoint of this script (model, optimizer, scheduler, epoch);
 - ``data.test_interpolation``: ``bilinear`` (TorchReID's resize) or ``bicubic`` (FastReID's; the default here, so
   one checkpoint gives FastReID's numbers);
-- the final model is also written as ``<save_dir>/model_final_fastreid.pth`` for FastReID's ``MODEL.WEIGHTS``.
+- the final model is also written as ``<save_dir>/model_final_fastreid.pth`` for FastReID's ``MODEL.WEIGHTS``, and
+  the metrics per target dataset to ``<save_dir>/occreid_results.json``.
 
 Examples::
 
@@ -129,6 +131,14 @@ def main(argv=None):
     print(f"Building model: {cfg.model.name}")
     model = tr.models.build_model(name=cfg.model.name, num_classes=max(dm.num_train_pids, 1), loss=cfg.loss.name,
                                   pretrained=cfg.model.pretrained, use_gpu=cfg.use_gpu)
+    if isinstance(model, ot.FastReIDModel):
+        from occreid.torchreid.models import TORCHREID_MEAN, TORCHREID_STD
+        if tuple(cfg.data.norm_mean) != TORCHREID_MEAN or tuple(cfg.data.norm_std) != TORCHREID_STD:
+            raise ValueError(f"data.norm_mean / norm_std must stay TorchReID's ImageNet defaults ({TORCHREID_MEAN}, "
+                             f"{TORCHREID_STD}) for occreid models: they undo them into FastReID's 0-255 input")
+    elif cfg.loss.name == "occreid":
+        raise ValueError(f"loss.name occreid trains occreid models (occreid.torchreid.MODELS); {cfg.model.name} is a "
+                         f"TorchReID model: use loss.name softmax or triplet")
     if cfg.model.load_weights:
         if isinstance(model, ot.FastReIDModel):
             ot.load_weights(model, cfg.model.load_weights)
@@ -146,8 +156,11 @@ def main(argv=None):
     scheduler = tr.optim.build_lr_scheduler(optimizer, lr_scheduler=cfg.train.lr_scheduler,
                                             stepsize=cfg.train.stepsize, gamma=cfg.train.gamma,
                                             max_epoch=cfg.train.max_epoch)
+    start_epoch = cfg.train.start_epoch
+    if cfg.model.resume:
+        start_epoch = tr.utils.resume_from_checkpoint(cfg.model.resume, model, optimizer=optimizer, scheduler=scheduler)
     engine = build_engine(cfg, dm, model, optimizer, scheduler)
-    engine.run(save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch, start_epoch=cfg.train.start_epoch,
+    engine.run(save_dir=cfg.data.save_dir, max_epoch=cfg.train.max_epoch, start_epoch=start_epoch,
                print_freq=cfg.train.print_freq, fixbase_epoch=cfg.train.fixbase_epoch,
                open_layers=cfg.train.open_layers, start_eval=cfg.test.start_eval, eval_freq=cfg.test.eval_freq,
                test_only=cfg.test.evaluate, dist_metric=cfg.test.dist_metric,
@@ -157,7 +170,7 @@ def main(argv=None):
     if isinstance(model, ot.FastReIDModel) and not cfg.test.evaluate:
         path = ot.save_fastreid_checkpoint(model, os.path.join(cfg.data.save_dir, "model_final_fastreid.pth"))
         print(f"FastReID checkpoint: {path}")
-    results = getattr(engine, "last_results", None)
+    results = dict(engine.results)
     if results:
         with open(os.path.join(cfg.data.save_dir, "occreid_results.json"), "w") as f:
             json.dump({"model": cfg.model.name, "weights": cfg.model.load_weights, "results": results}, f, indent=1)

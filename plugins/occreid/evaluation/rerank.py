@@ -367,6 +367,9 @@ class _Reranker:
             raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
         if backend not in ("auto", "torch", "numpy"):
             raise ValueError(f"backend must be auto, torch or numpy, got {backend!r}")
+        for name, value in (("k1", k1), ("k2", k2), ("block", block)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
             raise ValueError(f"need k1 >= 1, k2 >= 1, 0 <= lambda_value <= 1; got {k1}, {k2}, {lambda_value}")
         q = _as_tensor(query_features, "query_features")
@@ -383,6 +386,8 @@ class _Reranker:
                 q, g = q.cpu(), g.cpu()
         if g.device != q.device:
             g = g.to(q.device)
+        if backend == "numpy" and q.is_cuda:
+            raise ValueError("backend 'numpy' runs on the CPU; the features are on CUDA (use backend 'auto' or 'torch')")
         if metric == "cosine":
             for name, x in (("query_features", q), ("gallery_features", g)):
                 zero = (x.abs().sum(1) == 0)
@@ -445,7 +450,10 @@ class _Reranker:
             if self.mode == "fastreid":
                 np.maximum(jac, 0.0, out=jac)
             if callable(self.base_distance):
-                base = np.asarray(self.base_distance(self._q_in[s:e], self._g_in), dtype=np.float32)
+                base = self.base_distance(self._q_in[s:e], self._g_in)
+                if isinstance(base, torch.Tensor):
+                    base = base.detach().cpu().numpy()
+                base = np.asarray(base, dtype=np.float32)
                 if base.shape != (e - s, self.g) or not np.isfinite(base).all():
                     raise ValueError(f"base_distance({e - s} queries, {self.g} gallery) gave shape {base.shape} "
                                      f"or non-finite values")
@@ -510,7 +518,10 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
                    progress, base_distance, device=device, backend=backend,
                    keep_qg=base_distance is None, **search_kwargs)
-    out = np.empty((rr.q, rr.g), dtype=np.float32)
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    # the q x g distances kept from the exact pass become the output, chunk by chunk (each chunk reads its rows first)
+    out = rr.qg if rr.qg is not None else np.empty((rr.q, rr.g), dtype=np.float32)
     for s, e, d in rr.chunks(chunk):
         out[s:e] = d
     return out

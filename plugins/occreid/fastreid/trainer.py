@@ -84,7 +84,8 @@ def read_state_dict(path):
 
     Reads FastReID's checkpoints (``{"model": ...}``, ``format == "fastreid"``), TorchReID's
     (``{"state_dict": ...}`` from ``torchreid.utils.save_checkpoint``, keys of an occreid TorchReID model prefixed
-    ``fastreid.``; ``format == "torchreid"``) and bare state dicts (``"state_dict"``); ``module.`` is stripped.
+    ``fastreid.``, stripped; ``format == "torchreid"``) and bare state dicts (``"state_dict"``); ``module.`` is
+    stripped.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -104,9 +105,10 @@ def read_state_dict(path):
     if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
         raise ValueError(f"checkpoint {path} holds no model state dict (FastReID's 'model' or TorchReID's "
                          f"'state_dict')")
+    prefixes = ("module.",) if fmt == "fastreid" else ("module.", "fastreid.")
     out = {}
     for k, v in state.items():
-        for prefix in ("module.", "fastreid."):
+        for prefix in prefixes:
             if k.startswith(prefix):
                 k = k[len(prefix):]
         out[k] = v
@@ -361,4 +363,7 @@ class OccReIDTrainer(DefaultTrainer):
         weights = self.cfg.MODEL.WEIGHTS
         if weights and not (resume and self.checkpointer.has_checkpoint()):
             check_checkpoint_matches(self.model, weights)
+            if read_state_dict(weights)[1] != "fastreid":  # a TorchReID checkpoint: FastReID's Checkpointer needs 'model'
+                load_checked_weights(self.model, weights)
+                return None
         return super().resume_or_load(resume=resume)

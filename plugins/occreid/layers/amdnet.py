@@ -13,6 +13,8 @@ Where the paper is ambiguous the choice is stated in the docstring and in projec
 Parts are indexed 1..K in the paper; here part k is index k - 1 of the part axis, so the head is index 0.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,11 +65,65 @@ class SpatialFrequencyInteraction(nn.Module):
         pha = torch.where(small, torch.zeros_like(amp), torch.angle(safe))
         return amp, pha
 
+    #: True: compute Eq. 3-4 with real DFT matrices instead of torch.fft (set by ``occreid export``: ONNX has no
+    #: complex tensors, and torch's exporters cannot export rfft2 / angle / polar on them). Same numbers to float
+    #: rounding (tests/test_export.py); the FFT is faster, so training and evaluation keep it.
+    real_dft = False
+
+    @staticmethod
+    def _dft_matrices(h: int, w: int, device, dtype=torch.float32):
+        """cos / sin of the 2-D DFT angles: (C_x, S_x) (h, h) over rows, (C_y, S_y) (w, w // 2 + 1) over the half
+        spectrum of columns."""
+        def cos_sin(a, b, n):
+            k = (a[:, None] * b[None, :]) % n                    # exact integer angle index, then float64
+            t = 2 * math.pi * k.double() / n
+            c, s = torch.cos(t), torch.sin(t)
+            # exact 0 / +-1 where the angle is a multiple of pi / 2 (the DC and Nyquist bins of a real map are real)
+            c = torch.where(c.abs() < 1e-9, torch.zeros_like(c), c)
+            s = torch.where(s.abs() < 1e-9, torch.zeros_like(s), s)
+            return c.to(dtype), s.to(dtype)
+
+        x = torch.arange(h, device=device)
+        y = torch.arange(w, device=device)
+        v = torch.arange(w // 2 + 1, device=device)
+        return (*cos_sin(x, x, h), *cos_sin(y, v, w))
+
+    def _forward_real_dft(self, g: torch.Tensor, rel_eps: float = 1e-4) -> torch.Tensor:
+        """Eq. 3-4 in real arithmetic: rfft2 / angle / polar / irfft2 (norm "ortho") written with DFT matrices.
+
+        Forward: X[u, v] = (hw)^-1/2 sum_x,y g[x, y] e^{-2 pi i (ux / h + vy / w)}, v <= w / 2; inverse: the Hermitian
+        real inverse, each v in 1 .. ceil(w / 2) - 1 counted twice (torch's irfft2)."""
+        b, c, h, w = g.shape
+        cx, sx, cy, sy = self._dft_matrices(h, w, g.device)
+        scale = 1.0 / math.sqrt(h * w)
+        gf = g.float()
+        ar, ai = gf @ cy, -(gf @ sy)                               # DFT over columns (y): (B, C, h, w//2+1)
+        xr = (cx @ ar + sx @ ai) * scale                           # over rows (x): e^{-i t} = cos t - i sin t
+        xi = (cx @ ai - sx @ ar) * scale
+        xi = torch.where(xi == 0, torch.zeros_like(xi), xi)       # -0.0 -> +0.0: angle(-a + 0i) = pi, as torch.angle
+        amp = torch.sqrt(xr * xr + xi * xi)
+        floor = rel_eps * amp.detach().flatten(2).amax(2)[..., None, None].clamp(min=1e-12)
+        small = amp.detach() < floor
+        pha = torch.where(small, torch.zeros_like(amp), torch.atan2(xi, xr))
+        pha = self.phase_conv(pha)
+        yr, yi = amp * torch.cos(pha), amp * torch.sin(pha)       # polar
+        zr = cx.t() @ yr - sx.t() @ yi                             # inverse over rows: e^{+i t}
+        zi = cx.t() @ yi + sx.t() @ yr
+        weight = torch.full((w // 2 + 1,), 2.0, device=g.device)
+        weight[0] = 1.0
+        if w % 2 == 0:
+            weight[-1] = 1.0
+        freq = ((zr * weight) @ cy.t() - (zi * weight) @ sy.t()) * scale   # Hermitian real inverse over columns
+        return freq
+
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=g.device.type, enabled=False):   # FFT, angle and polar in float32
-            amp, pha = self.amplitude_phase(g)
-            spec = torch.polar(amp, self.phase_conv(pha))
-            freq = torch.fft.irfft2(spec, s=g.shape[-2:], norm="ortho")
+            if self.real_dft:
+                freq = self._forward_real_dft(g)
+            else:
+                amp, pha = self.amplitude_phase(g)
+                spec = torch.polar(amp, self.phase_conv(pha))
+                freq = torch.fft.irfft2(spec, s=g.shape[-2:], norm="ortho")
         return (self.alpha * freq + (1.0 - self.alpha) * g.float()).to(g.dtype)
 
 

@@ -13,14 +13,19 @@ def torchreid_modules() -> SimpleNamespace:
     ``layout`` is ``"pypi"`` (``torchreid.reid.*``) or ``"github"`` (``torchreid.*``).
 
     Raises:
-        ImportError: torchreid is not installed, or has neither layout (names what was tried).
+        ImportError: torchreid is not installed, or has neither layout (names what was tried); an import error
+            inside an installed torchreid (e.g. a missing dependency) is raised unchanged.
     """
+    import importlib.util
+    try:
+        top = importlib.util.find_spec("torchreid")
+    except ImportError:
+        top = None
     for layout, prefix in (("pypi", "torchreid.reid"), ("github", "torchreid")):
-        try:
-            mods = {name: importlib.import_module(f"{prefix}.{name}")
-                    for name in ("models", "data", "engine", "metrics", "utils", "optim")}
-        except ImportError:
-            continue
+        if top is None or importlib.util.find_spec(f"{prefix}.models") is None:
+            continue  # not this layout; an ImportError *inside* torchreid (a missing dependency) is raised as is
+        mods = {name: importlib.import_module(f"{prefix}.{name}")
+                for name in ("models", "data", "engine", "metrics", "utils", "optim")}
         return SimpleNamespace(layout=layout, **mods)
     raise ImportError("torchreid not found in either layout (tried torchreid.reid.models for PyPI torchreid "
                       "0.2.5 and torchreid.models for TorchReID's GitHub tree): pip install torchreid==0.2.5")

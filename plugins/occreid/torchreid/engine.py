@@ -9,7 +9,7 @@
   OCNet's Eq. 4) and, with ``rerank=True``, occreid's k-reciprocal re-ranking
   (:func:`occreid.evaluation.rerank.re_ranking`) in place of TorchReID's dense one. TorchReID's
   ``dist_metric`` / ``normalize_feature`` arguments are used only for models that are not occreid models.
-  Results: ``self.last_results`` (Rank-1/5/10, mAP, mINP in %).
+  Results: ``self.results[dataset]`` and ``self.last_results`` (Rank-1/5/10, mAP, mINP in %).
 - :class:`OccReIDSoftmaxEngine`, :class:`OccReIDTripletEngine`: TorchReID's two engines with that evaluation.
 """
 
@@ -29,6 +29,13 @@ class OccReIDEvalMixin:
     """TorchReID ``Engine._evaluate`` with occreid's test distance and re-ranking (see the module docstring)."""
 
     last_results = None
+
+    @property
+    def results(self):
+        """``{dataset name: {Rank-1, Rank-5, Rank-10, mAP, mINP}}`` (%) of this engine's evaluations, the last per set."""
+        if "_occreid_results" not in self.__dict__:
+            self._occreid_results = {}
+        return self._occreid_results
 
     @torch.no_grad()
     def _evaluate(self, dataset_name="", query_loader=None, gallery_loader=None, dist_metric="euclidean",
@@ -89,7 +96,8 @@ class OccReIDEvalMixin:
                                                self.datamanager.data_type, width=self.datamanager.width,
                                                height=self.datamanager.height,
                                                save_dir=f"{save_dir}/visrank_{dataset_name}", topk=visrank_topk)
-        return cmc[0], mAP
+        self.results[dataset_name] = dict(self.last_results)
+        return float(cmc[0]), float(mAP)  # python floats: TorchReID saves rank1 in its checkpoints
 
 
 class OccReIDEngine(OccReIDEvalMixin, _tr.engine.Engine):
@@ -97,7 +105,8 @@ class OccReIDEngine(OccReIDEvalMixin, _tr.engine.Engine):
 
     Args:
         datamanager: TorchReID ``ImageDataManager``.
-        model: a :class:`~occreid.torchreid.models.FastReIDModel` (or ``nn.DataParallel`` of one).
+        model: a :class:`~occreid.torchreid.models.FastReIDModel` (one device; ``nn.DataParallel`` is not
+            supported: its gather of the loss dict and FastReID's shared event storage do not mix).
         optimizer, scheduler: TorchReID's (``torchreid.optim.build_optimizer`` / ``build_lr_scheduler``).
         use_gpu: CUDA.
     """

@@ -102,6 +102,11 @@ class FastReIDModel(nn.Module):
         self.cfg.freeze()
         self.loss = loss
         self.fastreid = build_model(self.cfg)
+        if self.meta_architecture == "AMDNet" and self.cfg.MODEL.AMD.PARSING_WEIGHT > 0:
+            import warnings
+            warnings.warn("AMD-Net through TorchReID trains without human-parsing labels (TorchReID's loaders have "
+                          "none): Eq. 2 is off, the part maps learn from the re-ID losses only. Train through "
+                          "FastReID (DATASETS.PARSING.ROOT) for Eq. 2.", UserWarning)
         mean = torch.tensor(TORCHREID_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(TORCHREID_STD).view(1, 3, 1, 1)
         self.register_buffer("tr_mean", mean, persistent=False)
@@ -162,6 +167,9 @@ def build_occreid_model(name: str, num_classes: int, loss: str = "softmax", pret
 
 def _constructor(name):
     def build(num_classes, loss="softmax", pretrained=True, use_gpu=True, **kwargs):
+        if kwargs:
+            raise TypeError(f"{name}: unexpected arguments {sorted(kwargs)} (occreid models take num_classes, loss, "
+                            f"pretrained, use_gpu; the rest is in {MODELS[name]})")
         return build_occreid_model(name, num_classes, loss=loss, pretrained=pretrained, use_gpu=use_gpu)
     build.__name__ = name
     build.__doc__ = f"occreid's {name} ({MODELS[name]}) as a TorchReID model (:class:`FastReIDModel`)."
