@@ -10,7 +10,7 @@
 # third_party_patches/ (PyPI) and, where the GitHub tree differs, third_party_patches/github/ (same name).
 # Per slot: a variant that is already applied (its reverse applies exactly) -> skipped; else the variant that
 # applies exactly (no fuzz, no offset beyond patch's own search) -> applied; else an error naming the patch and
-# the files whose hunks fail, and exit 1. Toolboxes not in PATH are skipped with a line saying so.
+# the files whose hunks fail, and exit 1. Toolboxes whose package folder is not in PATH are skipped.
 # The commits the GitHub variants were checked against are in third_party_patches/README.md.
 set -euo pipefail
 
