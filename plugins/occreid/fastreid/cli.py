@@ -315,6 +315,15 @@ def cmd_convert_checkpoint(args):
     print(f"{args.src} -> {out} ({args.to} format)")
 
 
+def cmd_export(args):
+    from occreid.fastreid.export import export_from_config
+    info = export_from_config(args.config_file, args.weights, args.out, opts=args.opts, check=not args.no_check,
+                              atol=args.atol)
+    diff = info["max_abs_diff"]
+    print(f"{info['path']}: images (B, 3, H, W) 0-255 -> features (B, {info['dim']})"
+          + ("" if diff is None else f"; onnxruntime vs torch max |difference| {diff:.2e}"))
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="occreid", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -364,6 +373,14 @@ def build_parser():
     s.add_argument("--overlay", help="also write a PNG of images with their labels overlaid")
     s.add_argument("--num", type=int, default=16, help="images in the --overlay picture")
     s.add_argument("--segmenter", default="pose", choices=["pose", "selfie"], help="foreground segmentation")
+    s = sub.add_parser("export", help="ONNX export of a model's inference graph (dynamic batch)")
+    s.set_defaults(fn=cmd_export)
+    s.add_argument("--config-file", required=True)
+    s.add_argument("--weights", default="", help="trained checkpoint (MODEL.WEIGHTS); empty: the config's start")
+    s.add_argument("--out", required=True, help=".onnx file to write")
+    s.add_argument("--atol", type=float, default=1e-4, help="largest accepted onnxruntime - torch difference")
+    s.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    s.add_argument("opts", nargs=argparse.REMAINDER, help="trailing KEY VALUE config overrides")
     s = sub.add_parser("convert-checkpoint", help="a FastReID <-> TorchReID checkpoint of an occreid model")
     s.set_defaults(fn=cmd_convert_checkpoint)
     s.add_argument("src", help="FastReID ({'model': ...}) or TorchReID ({'state_dict': ...}) checkpoint")
