@@ -45,9 +45,11 @@ class OccReIDEvalMixin:
         from fastreid.evaluation.rank import evaluate_rank as fastreid_evaluate_rank  # mINP
         from .models import FastReIDModel
 
+        from tqdm import tqdm
+
         def extract(loader):
             f_, pids_, camids_ = [], [], []
-            for data in loader:
+            for data in tqdm(loader, desc=f"{dataset_name} features", unit="batch", leave=False):
                 imgs, pids, camids = self.parse_data_for_eval(data)
                 if self.use_gpu:
                     imgs = imgs.cuda()
