@@ -44,6 +44,14 @@ class TimmHRNet(nn.Module):
                                        for f in feats[1:]], dim=1)
 
 
+def _pretrain_path(cfg, what: str) -> str:
+    """``MODEL.BACKBONE.PRETRAIN_PATH``, or FileNotFoundError saying it is empty and what it should be."""
+    path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
+    if not path:
+        raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty ({what})")
+    return path
+
+
 def build_timm_hrnet_backbone(cfg):
     depth = str(cfg.MODEL.BACKBONE.DEPTH).lower()
     model = TimmHRNet(depth)
@@ -51,10 +59,7 @@ def build_timm_hrnet_backbone(cfg):
         raise ValueError(f"MODEL.BACKBONE.FEAT_DIM is {cfg.MODEL.BACKBONE.FEAT_DIM} but hrnet_{depth}'s concatenated "
                          f"branches have {model.out_channels} channels")
     if cfg.MODEL.BACKBONE.PRETRAIN:
-        path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
-        if not path:
-            raise FileNotFoundError("MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty "
-                                    "(timm cannot download weights here: give a local hrnet state dict)")
+        path = _pretrain_path(cfg, "timm cannot download weights here: give a local hrnet state dict")
         state = torch.load(path, map_location="cpu", weights_only=True)
         missing, unexpected = model.body.load_state_dict(state, strict=False)
         if missing:
@@ -88,10 +93,7 @@ def build_torchreid_osnet_backbone(cfg):
         raise ValueError(f"MODEL.BACKBONE.FEAT_DIM is {cfg.MODEL.BACKBONE.FEAT_DIM} but TorchReID's osnet_{depth} "
                          f"gives {model.out_channels}-d features (its fc)")
     if cfg.MODEL.BACKBONE.PRETRAIN:
-        path = cfg.MODEL.BACKBONE.PRETRAIN_PATH
-        if not path:
-            raise FileNotFoundError("MODEL.BACKBONE.PRETRAIN is True but MODEL.BACKBONE.PRETRAIN_PATH is empty "
-                                    "(a TorchReID model-zoo osnet checkpoint)")
+        path = _pretrain_path(cfg, "a TorchReID model-zoo osnet checkpoint")
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
         state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()

@@ -43,19 +43,9 @@ def load_weights(model, path: str):
         ValueError: the checkpoint is not one of this model (missing keys or other shapes outside the
             classifier; names the file and the first keys).
     """
-    from occreid.fastreid.trainer import is_classifier_key
+    from occreid.fastreid.trainer import load_checked_weights  # the FastReID side's check and loader, shared
     model = model.module if hasattr(model, "module") else model
-    state = fastreid_state_dict(path)
-    own = model.fastreid.state_dict()
-    missing = [k for k in own if k not in state and not is_classifier_key(k)]
-    shapes = [f"{k}: {tuple(state[k].shape)} in file, {tuple(v.shape)} in model" for k, v in own.items()
-              if k in state and not is_classifier_key(k) and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)]
-    if missing or shapes:
-        raise ValueError(f"checkpoint {path} does not match the model {model.meta_architecture} "
-                         f"({len(missing)} missing keys, {len(shapes)} shape mismatches); first: "
-                         f"{(missing + shapes)[:3]}. Was it trained with another config?")
-    keep = {k: v for k, v in state.items() if k in own and tuple(getattr(v, "shape", ())) == tuple(own[k].shape)}
-    model.fastreid.load_state_dict(keep, strict=False)
+    load_checked_weights(model.fastreid, path)
     return model
 
 
