@@ -8,6 +8,10 @@ Toolbox-free: features come from any model. On disk a gallery index is a folder 
 
 Loading checks the feature size and model hash of the query side against the file: a mismatch is an
 :class:`IndexMismatchError`, never a silent search in the wrong feature space.
+
+Backends: this in-process FAISS index is the default; a gallery in a Milvus collection (milvus-lite file or
+cluster, ``pip install occreid[milvus]``) is :class:`occreid.evaluation.milvus_index.MilvusGalleryIndex`, with
+the same API. :func:`open_gallery_index` / :func:`write_gallery_index` choose by ``backend="faiss" | "milvus"``.
 """
 
 from __future__ import annotations
@@ -77,6 +81,23 @@ class GalleryIndex:
     @property
     def dim(self) -> int:
         return self.features.shape[1]
+
+    def add(self, features: np.ndarray, paths: List[str], pids: List[int], camids: List[int]) -> np.ndarray:
+        """Append (n, D) ``features`` (normalised for cosine, as in the constructor) with their metadata (n each).
+
+        Returns:
+            (n,) int64 gallery indices of the new items, following the existing ones.
+        Raises:
+            IndexMismatchError: the features are not D-d.
+            ValueError: lengths disagree.
+        """
+        new = GalleryIndex(features, list(paths), [int(p) for p in pids], [int(c) for c in camids], self.metric)
+        if new.dim != self.dim:
+            raise IndexMismatchError(f"features of shape {new.features.shape} for a {self.dim}-d index")
+        start = len(self.paths)
+        self.features = np.ascontiguousarray(np.concatenate([self.features, new.features]))
+        self.paths, self.pids, self.camids = self.paths + new.paths, self.pids + new.pids, self.camids + new.camids
+        return np.arange(start, start + len(new.paths), dtype=np.int64)
 
     def save(self, folder: str) -> None:
         """Write ``index.faiss`` and ``meta.json`` into ``folder`` (created)."""
@@ -161,6 +182,88 @@ class GalleryIndex:
             dist = np.sqrt(np.maximum(dist, 0))
         return [SearchResult(i, d, [self.paths[j] for j in i], [self.pids[j] for j in i],
                              [self.camids[j] for j in i]) for i, d in zip(idx, dist)]
+
+
+BACKENDS = ("faiss", "milvus")
+
+
+def open_gallery_index(location: Optional[str] = None, backend: str = "faiss", uri: Optional[str] = None,
+                       token: str = "", expected_model_hash: Optional[str] = None,
+                       expected_dim: Optional[int] = None):
+    """Open a gallery index of either backend, checked against the query model.
+
+    Args:
+        location: ``backend="faiss"``: the folder written by :meth:`GalleryIndex.save`; ``"milvus"``: the
+            collection name (``None``: ``occreid_gallery``).
+        backend: ``"faiss"`` (in-process, a folder on disk; default) or ``"milvus"``
+            (:class:`occreid.evaluation.milvus_index.MilvusGalleryIndex`, ``pip install occreid[milvus]``).
+        uri: Milvus only: a milvus-lite file (``gallery.db``) or a server / cluster (``http://host:19530``).
+        token: Milvus only: ``"user:password"`` or an API key.
+    Returns:
+        a :class:`GalleryIndex` or a ``MilvusGalleryIndex``; both have ``search``, ``add``, ``dim``, ``metric``,
+        ``model_hash``, ``info``.
+    Raises:
+        ValueError: unknown backend, missing location / uri.
+        FileNotFoundError: no index there; IndexMismatchError: another model or feature size (see the backends).
+        ImportError: ``backend="milvus"`` without pymilvus.
+    """
+    if backend == "faiss":
+        if not location:
+            raise ValueError("the faiss backend needs the index folder")
+        return GalleryIndex.load(location, expected_model_hash=expected_model_hash, expected_dim=expected_dim)
+    if backend == "milvus":
+        from .milvus_index import DEFAULT_COLLECTION, MilvusGalleryIndex
+        return MilvusGalleryIndex.open(uri, location or DEFAULT_COLLECTION, expected_model_hash=expected_model_hash,
+                                       expected_dim=expected_dim, token=token)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def write_gallery_index(gallery: GalleryIndex, location: Optional[str] = None, backend: str = "faiss",
+                        uri: Optional[str] = None, token: str = "", if_exists: Optional[str] = None):
+    """Write ``gallery`` to either backend.
+
+    Args:
+        location, backend, uri, token: as in :func:`open_gallery_index`.
+        if_exists: what to do with an index already there: ``"overwrite"`` (the faiss default: the folder's
+            files are rewritten), ``"error"`` (the milvus default: a shared collection is never replaced
+            silently) or ``"append"`` (open it, checked against ``gallery``'s model hash and feature size,
+            and add the items).
+    Returns:
+        the written index (:class:`GalleryIndex` or ``MilvusGalleryIndex``).
+    Raises:
+        FileExistsError: ``if_exists="error"`` and the index exists; IndexMismatchError: appending another
+        model's features; ValueError: unknown backend or ``if_exists``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if_exists = if_exists or ("overwrite" if backend == "faiss" else "error")
+    if if_exists not in ("overwrite", "error", "append"):
+        raise ValueError(f"if_exists must be 'overwrite', 'error' or 'append', got {if_exists!r}")
+    if backend == "faiss":
+        if not location:
+            raise ValueError("the faiss backend needs the index folder")
+        exists = os.path.isfile(os.path.join(location, META_FILE))
+        if exists and if_exists == "error":
+            raise FileExistsError(f"gallery index already exists: {location}")
+        if exists and if_exists == "append":
+            old = GalleryIndex.load(location, expected_model_hash=gallery.model_hash, expected_dim=gallery.dim)
+            old.add(gallery.features, gallery.paths, gallery.pids, gallery.camids)
+            gallery = old
+        gallery.save(location)
+        return gallery
+    from .milvus_index import DEFAULT_COLLECTION, MilvusGalleryIndex
+    collection = location or DEFAULT_COLLECTION
+    if if_exists == "append":
+        try:
+            index = MilvusGalleryIndex.open(uri, collection, expected_model_hash=gallery.model_hash,
+                                            expected_dim=gallery.dim, token=token)
+        except FileNotFoundError:
+            return MilvusGalleryIndex.from_gallery(gallery, uri, collection, token=token)
+        if index.metric != gallery.metric:
+            raise IndexMismatchError(f"{index.where} uses metric {index.metric!r}, the new items {gallery.metric!r}")
+        index.add(gallery.features, gallery.paths, gallery.pids, gallery.camids)
+        return index
+    return MilvusGalleryIndex.from_gallery(gallery, uri, collection, token=token, overwrite=if_exists == "overwrite")
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ occlusion simulator), like Chakraborty et al.'s Fig. 2; ``occreid part-maps``: A
 the top gallery matches; ``occreid parse``: AMD-Net's human-parsing labels
 (MediaPipe BlazePose, :mod:`occreid.data.parsing`), resumable, with an overlay picture.
 
-    occreid index  --config-file CFG [--weights W] (--dataset NAME [--split gallery] | --folder DIR) --out IDX
-    occreid search --config-file CFG [--weights W] --index IDX
+    occreid index  --config-file CFG [--weights W] (--dataset NAME [--split gallery] | --folder DIR)
+                   (--out IDX | --backend milvus --uri URI [--collection NAME] [--token T]) [--append | --overwrite]
+    occreid search --config-file CFG [--weights W] (--index IDX | --backend milvus --uri URI [--collection NAME])
                    (--image IMG | --folder DIR | --dataset NAME [--split query] [--num-queries N])
                    [--topk 10] [--rerank] [--out OUTDIR]
 
@@ -22,7 +23,9 @@ Features come from a FastReID model built from the config (plus occreid's regist
 ``--weights`` (a trained checkpoint; without it, the backbone's ``PRETRAIN_PATH``). The index stores
 a hash of the model (config MODEL section + weights file); searching with another model, or with
 features of another size, is an error. ``search`` prints the top-k (path, distance, pid/camid) and
-writes ``rank_list.png`` and ``rank_list.html`` into ``--out``.
+writes ``rank_list.png`` and ``rank_list.html`` into ``--out``. ``--backend milvus`` keeps the gallery in a
+Milvus collection (:mod:`occreid.evaluation.milvus_index`): ``--uri gallery.db`` is a milvus-lite file,
+``--uri http://host:19530`` a server or cluster (``--token`` or ``$MILVUS_TOKEN`` for authentication).
 """
 
 import argparse
@@ -139,9 +142,33 @@ def _items(args, cfg, default_split):
     return items
 
 
-def cmd_index(args):
-    from occreid.evaluation.gallery import GalleryIndex
+def _backend_location(args, folder):
+    """The index location of ``args``: the folder (faiss) or the collection name (milvus); checks the URI."""
+    if args.backend == "milvus":
+        if not args.uri:
+            raise ValueError("--backend milvus needs --uri: a milvus-lite file (gallery.db) or http://host:19530")
+        return args.collection
+    if not folder:
+        flag = "--out" if args.command == "index" else "--index"
+        raise ValueError(f"--backend faiss needs {flag} (the index folder)")
+    return folder
 
+
+def cmd_index(args):
+    from occreid.evaluation.gallery import GalleryIndex, write_gallery_index
+
+    location = _backend_location(args, args.out)
+    if args.append and args.overwrite:
+        raise ValueError("give --append or --overwrite, not both")
+    if_exists = "append" if args.append else "overwrite" if args.overwrite else None
+    if args.backend == "milvus" and if_exists is None:  # fail before extracting features
+        from occreid.evaluation.milvus_index import connect, safe_uri
+        client = connect(args.uri, args.token)
+        exists = client.has_collection(location)
+        client.close()
+        if exists:
+            raise FileExistsError(f"collection {location!r} at {safe_uri(args.uri)} already exists: "
+                                  f"--append adds to it, --overwrite replaces it")
     cfg = _setup_cfg(args)
     items = _items(args, cfg, "gallery")
     model = build_feature_model(cfg)
@@ -152,16 +179,21 @@ def cmd_index(args):
                       info={"config": os.path.abspath(args.config_file),
                             "weights": cfg.MODEL.WEIGHTS or cfg.MODEL.BACKBONE.PRETRAIN_PATH,
                             "source": args.dataset or args.folder, "split": args.split or "gallery"})
-    gi.save(args.out)
-    print(f"indexed {len(items)} images ({gi.dim}-d, {gi.metric}) into {args.out}")
+    index = write_gallery_index(gi, location, backend=args.backend, uri=args.uri, token=args.token,
+                                if_exists=if_exists)
+    where = index.where if args.backend == "milvus" else args.out
+    print(f"indexed {len(items)} images ({gi.dim}-d, {gi.metric}) into {where}"
+          + (f" ({len(index)} in all)" if args.backend == "milvus" else ""))
 
 
 def cmd_search(args):
-    from occreid.evaluation.gallery import GalleryIndex
+    from occreid.evaluation.gallery import open_gallery_index
     from occreid.evaluation.visualize import draw_rank_lists, match_kind, write_rank_html
 
+    location = _backend_location(args, args.index)
     cfg = _setup_cfg(args)
-    gi = GalleryIndex.load(args.index, expected_model_hash=model_hash(cfg))
+    gi = open_gallery_index(location, backend=args.backend, uri=args.uri, token=args.token,
+                            expected_model_hash=model_hash(cfg))
     items = _items(args, cfg, "query")
     model = build_feature_model(cfg)
     feats = extract_features(cfg, model, items, args.batch_size, args.num_workers, desc="query features")
@@ -338,8 +370,20 @@ def build_parser():
         s.add_argument("--split", help="query or gallery")
         s.add_argument("--batch-size", type=int, default=64)
         s.add_argument("--num-workers", type=int, default=2)
+        if name in ("index", "search"):
+            s.add_argument("--backend", default="faiss", choices=["faiss", "milvus"],
+                           help="faiss: a folder, searched in-process (default); milvus: a Milvus collection "
+                                "(pip install occreid[milvus])")
+            s.add_argument("--uri", help="milvus: a milvus-lite file (gallery.db) or a server, http://host:19530")
+            s.add_argument("--collection", default="occreid_gallery", help="milvus: the collection name")
+            s.add_argument("--token", default=os.environ.get("MILVUS_TOKEN", ""),
+                           help="milvus: user:password or API key (default: $MILVUS_TOKEN)")
         if name == "index":
-            s.add_argument("--out", required=True, help="folder to write index.faiss + meta.json")
+            s.add_argument("--out", help="faiss: folder to write index.faiss + meta.json")
+            s.add_argument("--append", action="store_true",
+                           help="add to an existing index (same model and feature size, checked)")
+            s.add_argument("--overwrite", action="store_true",
+                           help="milvus: replace an existing collection (faiss folders are always rewritten)")
         elif name == "saliency":
             s.add_argument("--num-queries", type=int, default=8, help="with --dataset: use N images")
             s.add_argument("--occlude-area", type=float, default=0.305,
@@ -357,7 +401,7 @@ def build_parser():
             s.add_argument("--num-masks", type=int, default=3, help="single masks shown under the fused one")
             s.add_argument("--out", default="masks.png", help="PNG to write")
         else:
-            s.add_argument("--index", required=True, help="folder written by occreid index")
+            s.add_argument("--index", help="faiss: folder written by occreid index")
             s.add_argument("--image", help="one query image")
             s.add_argument("--num-queries", type=int, default=0, help="with --dataset: use N queries")
             s.add_argument("--topk", type=int, default=10)
