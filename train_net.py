@@ -127,7 +127,8 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
     write_run_record(cfg, args, results, trainer, time.time() - start)
-    print("\nFinal evaluation:\n" + summary_table(results, cfg.DATASETS.TESTS) + "\n", flush=True)
+    if comm.is_main_process():  # the other ranks hold no metrics (features are gathered on rank 0)
+        print("\nFinal evaluation:\n" + summary_table(results, cfg.DATASETS.TESTS) + "\n", flush=True)
     return results
 
 

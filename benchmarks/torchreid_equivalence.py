@@ -103,26 +103,39 @@ def main():
                      "torchreid": trr, "seconds": [round(time.time() - t1), round(t1 - t)]})
         print(json.dumps(rows[-1]), flush=True)
 
+    json_path = os.path.splitext(args.out)[0] + ".json"
+    if os.path.exists(json_path):  # merge: rows of an earlier run stay unless this run measured them again
+        with open(json_path) as fh:
+            earlier = json.load(fh)
+        names = {r["row"] for r in rows}
+        rows = [r for r in earlier if r["row"] not in names] + rows
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = ["# One checkpoint through FastReID and through TorchReID (full Occluded-Duke: 2,210 query / 17,661 gallery)",
-             "", f"Command: `FASTREID_DATASETS=<data> python benchmarks/torchreid_equivalence.py "
-             + " ".join(f"--row {r}" for r in args.row) + (" --zoo" if args.zoo else "") + "`; "
-             f"commit {commit}; {platform.node()} ({os.cpu_count()} CPU cores), torch {torch.__version__}.", "",
+             "", "Command: `FASTREID_DATASETS=<data> python benchmarks/torchreid_equivalence.py [--row NAME=CKPT ...] "
+             "[--zoo]`; rows of earlier runs are kept in the .json beside this file and merged (a row measured again "
+             f"replaces its old one); last run: commit {commit}, {platform.node()} ({os.cpu_count()} CPU cores), "
+             f"torch {torch.__version__}.", "",
              "FastReID side: occreid's `OccReIDTrainer.build_evaluator` (FastReID's data pipeline: bicubic resize, "
-             "0-255 tensors). TorchReID side: TorchReID's `ImageDataManager` and engine evaluation "
-             "(`OccReIDEngine._evaluate`: TorchReID's feature loop and `evaluate_rank`, the model's own test distance; "
-             "resize bicubic as FastReID's). Zoo row: TorchReID's own model, loader (bilinear) and `Engine._evaluate` "
-             "against occreid's FastReID side (`projects/BoT/configs/torchreid_zoo_osnet_x0_25.yml`, bicubic).", "",
-             "| model | weights | FastReID Rank-1 / mAP | TorchReID Rank-1 / mAP | difference Rank-1 / mAP |",
-             "| --- | --- | --- | --- | --- |"]
+             "0-255 tensors, FastReID's Cython `evaluate_rank`). TorchReID side: TorchReID's `ImageDataManager` and "
+             "`OccReIDEngine._evaluate` (TorchReID's feature loop and `evaluate_rank`, the model's own test distance; "
+             "bicubic test resize as FastReID's). Zoo row: TorchReID's own model, loader (its default bilinear resize) "
+             "and `Engine._evaluate` (euclidean) against occreid's FastReID side "
+             "(`projects/BoT/configs/torchreid_zoo_osnet_x0_25.yml`, bicubic, 512-d feature); TorchReID's "
+             "`_evaluate` returns no mINP.", "",
+             "| model | weights | FastReID Rank-1 / mAP / mINP | TorchReID Rank-1 / mAP / mINP | "
+             "difference Rank-1 / mAP | seconds (FastReID, TorchReID) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def fmt(m):
+        return " / ".join(f"{m[k]:.2f}" if k in m else "-" for k in ("Rank-1", "mAP", "mINP"))
     for r in rows:
         f, t = r["fastreid"], r["torchreid"]
-        lines.append(f"| {r['row']} | `{r['weights']}` | {f['Rank-1']:.2f} / {f['mAP']:.2f} | {t['Rank-1']:.2f} / "
-                     f"{t['mAP']:.2f} | {f['Rank-1'] - t['Rank-1']:+.2f} / {f['mAP'] - t['mAP']:+.2f} |")
+        lines.append(f"| {r['row']} | `{r['weights']}` | {fmt(f)} | {fmt(t)} | {f['Rank-1'] - t['Rank-1']:+.2f} / "
+                     f"{f['mAP'] - t['mAP']:+.2f} | {r['seconds'][0]}, {r['seconds'][1]} |")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
+    with open(json_path, "w") as fh:
         json.dump(rows, fh, indent=1)
     print("\n".join(lines))
 

@@ -93,6 +93,32 @@ def test_models_return_what_torchreid_engines_expect(real_data_root, monkeypatch
     assert f.shape[0] == 8 and ocnet.test_distance() is not None  # Eq. 4 on [F_final, F_BB]
 
 
+def test_amdnet_in_torchreid_trains_with_its_own_losses_and_tests_with_its_distance(real_data_root, monkeypatch):
+    """AMD-Net through TorchReID's model factory: the FastReID module's losses (CE on f_g / f_t / f_c, part-soft
+    triplet; TorchReID's batches carry no parsing labels, so no Eq. 2 term), gradients to the backbone, SIM and TFF,
+    and in eval its visibility-weighted part distance."""
+    monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
+    from torchreid.reid import models
+    import occreid.torchreid  # noqa: F401
+    torch.manual_seed(0)
+    x, pids = torch.rand(8, 3, 256, 128) * 2 - 1, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    amd = models.build_model("amdnet_osnet_x0_25", num_classes=5, loss="occreid", pretrained=False, use_gpu=False)
+    amd.train()
+    losses = amd(x, pids)
+    assert "loss_triplet_parts" in losses and "loss_part_attention" not in losses
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    grads = {n: p.grad for n, p in amd.fastreid.named_parameters()}
+    for part in ("backbone.", "heads.pagb.sim.", "heads.tff."):
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(part)), part
+    amd.eval()
+    with torch.no_grad():
+        f = amd(x)
+    dist = amd.test_distance()
+    d = torch.as_tensor(dist(f[:4], f[4:]))
+    assert d.shape == (4, 4) and torch.isfinite(d).all()
+
+
 def test_test_only_sets_work_as_targets_and_refuse_to_be_sources(real_data_root):
     from torchreid.reid import data
     import occreid.torchreid as ot

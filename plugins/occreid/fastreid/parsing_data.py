@@ -20,6 +20,7 @@ from PIL import Image
 from fastreid.data.data_utils import read_image
 from fastreid.data.transforms import build_transforms
 
+from .resume import seeded_index
 from .trainer import ReIDImageDataset
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class ParsingReIDDataset(ReIDImageDataset):
         return self.labels.coverage([item[0] for item in self.img_items])
 
     def __getitem__(self, index):
+        index = seeded_index(index)
         img_path, pid, camid = self.img_items[index][:3]
         try:
             img = read_image(img_path)

@@ -27,6 +27,7 @@ from fastreid.data import build_reid_test_loader, build_reid_train_loader
 from fastreid.data.build import _root as _fastreid_root
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
+from fastreid.data.samplers import NaiveIdentitySampler
 from fastreid.data.transforms import build_transforms
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.utils import comm
@@ -36,6 +37,7 @@ from occreid.data.common import ReIDSplits
 from occreid.data.subset import subset_splits
 
 from .evaluator import OccReIDEvaluator
+from .resume import RNGStates, SeededIdentitySampler, SeededSampleStream, seeded_index
 from .aligned import aligned_distance_from_cfg
 from .amdnet import amd_distance_from_cfg
 from .ocnet import ocnet_distance_from_cfg
@@ -73,10 +75,17 @@ class ReIDImageDataset(CommDataset):
     """FastReID's ``CommDataset`` whose unreadable images raise ``RuntimeError`` naming the file."""
 
     def __getitem__(self, index):
+        index = seeded_index(index)  # (index, SEED, rank, n) from SeededSampleStream: per-sample seeds
         try:
             return super().__getitem__(index)
         except Exception as e:  # PIL / OSError / decoding errors carry no path
             raise RuntimeError(f"cannot read image {self.img_items[index][0]}: {e}") from e
+
+
+def unwrap_model(model):
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (``model`` itself otherwise)."""
+    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel,
+                                              torch.nn.DataParallel)) else model
 
 
 def read_state_dict(path):
@@ -267,6 +276,8 @@ class OccReIDTrainer(DefaultTrainer):
         if self.budget_iters:
             cfg = _budget_config(cfg)
         super().__init__(cfg)
+        # the main process's python / numpy / torch generators go into every checkpoint (exact --resume)
+        self.checkpointer.checkpointables["rng"] = RNGStates()
         if self.budget_iters:
             self.iters_per_epoch = self.budget_iters
             self.max_epoch = 1
@@ -309,7 +320,13 @@ class OccReIDTrainer(DefaultTrainer):
             train_set = cls._parsing_train_set(cfg, items)
         else:
             train_set = ReIDImageDataset(items, build_transforms(cfg, is_train=True), relabel=True)
-        return build_reid_train_loader(cfg, train_set=train_set)
+        loader = build_reid_train_loader(cfg, train_set=train_set)
+        if cfg.SEED >= 0:  # private sampler generator, numbered samples: per-sample seeds, exact resume (resume.py)
+            sampler = loader.batch_sampler.sampler
+            if isinstance(sampler, NaiveIdentitySampler):
+                sampler = SeededIdentitySampler(sampler)
+            loader.batch_sampler.sampler = SeededSampleStream(sampler, cfg.SEED, comm.get_rank())
+        return loader
 
     @classmethod
     def _parsing_train_set(cls, cfg, items):
@@ -360,10 +377,46 @@ class OccReIDTrainer(DefaultTrainer):
                                              distance_fn=distance(cfg) if distance else None)
 
     def resume_or_load(self, resume=True):
+        """FastReID's ``resume_or_load`` after checking ``MODEL.WEIGHTS`` against the model; on a resume with
+        ``SEED`` >= 0 the sample stream continues after the samples already trained on (exact resume,
+        :mod:`occreid.fastreid.resume`)."""
         weights = self.cfg.MODEL.WEIGHTS
+        model = unwrap_model(self.model)
         if weights and not (resume and self.checkpointer.has_checkpoint()):
-            check_checkpoint_matches(self.model, weights)
+            check_checkpoint_matches(model, weights)
             if read_state_dict(weights)[1] != "fastreid":  # a TorchReID checkpoint: FastReID's Checkpointer needs 'model'
-                load_checked_weights(self.model, weights)
+                load_checked_weights(model, weights)
                 return None
-        return super().resume_or_load(resume=resume)
+        out = super().resume_or_load(resume=resume)
+        stream = getattr(self.data_loader.batch_sampler, "sampler", None)
+        if self.start_epoch > 0 and isinstance(stream, SeededSampleStream):
+            done = self.start_epoch * self.iters_per_epoch * self.data_loader.batch_sampler.batch_size
+            stream.skip_to(done)
+            rng = RNGStates()
+            restored = rng.state_dict()  # a new loader iterator draws its worker seed: keep the restored state
+            self.data_loader.shutdown()
+            self._trainer._data_loader_iter = iter(self.data_loader)
+            rng.load_state_dict(restored)
+            logger.info(f"Resumed at epoch {self.start_epoch}: the sample stream continues at sample {done} of "
+                        f"rank {comm.get_rank()}; RNG states restored from the checkpoint")
+        elif self.start_epoch > 0:
+            logger.warning("Resumed with SEED < 0: batches and augmentations after the resume are not those of an "
+                           "uninterrupted run (set SEED for an exact resume)")
+        return out
+
+    @classmethod
+    def test(cls, cfg, model):
+        """FastReID's ``test``, with two additions: under torch.distributed every rank evaluates with rank 0's
+        buffers (BatchNorm statistics are not synchronised in training, ``broadcast_buffers=False``), and the
+        python / numpy / torch generators are restored afterwards, so an evaluation during training does not
+        change what the training draws next."""
+        if comm.get_world_size() > 1:
+            import torch.distributed as dist
+            for buf in unwrap_model(model).buffers():
+                dist.broadcast(buf, src=0)
+        rng = RNGStates()
+        state = rng.state_dict()
+        try:
+            return super().test(cfg, model)
+        finally:
+            rng.load_state_dict(state)

@@ -25,7 +25,15 @@ class MomentumMeanFeature(nn.Module):
 
     @torch.no_grad()
     def update(self, z: torch.Tensor) -> torch.Tensor:
-        self.mean.mul_(self.beta).add_((1 - self.beta) * F.normalize(z.detach(), dim=1).mean(0))
+        """mu <- beta mu + (1 - beta) mean_b(z_b / |z_b|). Under torch.distributed the batch mean is averaged over
+        the ranks (equal per-rank batches: the mean of the global batch), so every rank keeps the same mu as one
+        process training on the whole batch."""
+        batch_mean = F.normalize(z.detach(), dim=1).mean(0)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(batch_mean)
+            batch_mean /= torch.distributed.get_world_size()
+        self.mean.mul_(self.beta).add_((1 - self.beta) * batch_mean)
         return self.mean
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
