@@ -23,7 +23,7 @@ def _trainer(config_file, out_dir, data_root):
     cfg = add_occreid_config(get_cfg())
     cfg.merge_from_file(config_file)
     cfg.merge_from_list([
-        "SEED", 5, "DATASETS.SUBSET.TRAIN_IDS", 8, "DATASETS.SUBSET.TEST_IDS", 10, "SOLVER.IMS_PER_BATCH", 16,
+        "SEED", 5, "DATASETS.SUBSET.TRAIN_IDS", 6, "DATASETS.SUBSET.TEST_IDS", 4, "SOLVER.IMS_PER_BATCH", 16,
         "SOLVER.MAX_EPOCH", 2, "SOLVER.WARMUP_ITERS", 2, "SOLVER.STEPS", [1], "TEST.EVAL_PERIOD", 1,
         "SOLVER.CHECKPOINT_PERIOD", 1, "DATALOADER.NUM_WORKERS", 2, "SOLVER.LOG_PERIOD", 1,
         "OUTPUT_DIR", str(out_dir)])
