@@ -31,6 +31,13 @@ FAISS index), V and its query expansion are sparse (scipy CSR, about N x k1 x k2
 Jaccard numerator is accumulated only over pairs that share a non-zero column of V (an inverted
 index), one chunk of queries at a time. The only dense output is the q x g block of
 :func:`re_ranking`; :func:`re_ranking_topk` returns the top-k gallery per query without it.
+
+Where the time goes (CPU, exact search): the pass over all pairs is most of it. It computes each pair
+once (d is symmetric: half the products of a k-NN search of all N), takes the k-NN, the row maxima and the
+q x g block from the same products, and keeps the selection cheap by only merging the entries closer than
+a point's current k-th neighbour (:func:`exact_neighbour_pass`); the later stages are vectorised over all
+points (sparse products, bitmaps, one ``np.bincount`` per query chunk). ``benchmarks/rerank_profile.py``
+times each stage against a faiss k-NN search of all N.
 """
 
 from __future__ import annotations
@@ -77,9 +84,16 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     x = x.detach().float().contiguous()
-    bad = ~torch.isfinite(x).all(1)
-    if bool(bad.any()):
-        rows = torch.nonzero(bad).flatten()
+    if x.is_cuda:
+        bad = (~torch.isfinite(x).all(1)).cpu().numpy()
+    else:  # NumPy's check: faster than torch's on the CPU
+        xn = x.numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            bad = ~np.isfinite(xn.sum(1))  # a sum is finite iff its terms are (or it overflows: checked below)
+        if bad.any():
+            bad = ~np.isfinite(xn).all(1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
         raise ValueError(f"{name}: {len(rows)} of {x.shape[0]} rows contain NaN or inf (as float32; first: row "
                          f"{int(rows[0])}); one such row would make every re-ranked distance NaN")
     return x
@@ -117,33 +131,14 @@ def _sq_dist_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: t
     return d.clamp_(min=0)
 
 
-def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progress: bool = False,
-                         backend: str = "auto", keep_rows: int = 0) -> NeighbourPass:
-    """Exact k-NN and row maxima of squared l2 distances in one blocked pass (flat brute force).
-
-    Each block of rows is one matrix product against all N points, of the augmented vectors
-    ``[x_i, 1]`` and ``[-2 x_j, |x_j|^2]``, which gives ``|x_j|^2 - 2 x_i.x_j = d(i, j) - |x_i|^2``
-    directly: the same order per row as d, so the k smallest and the largest come out of the one
-    product, and the row normalisation of Zhong's code costs no second pass. The self distance is set
-    to exactly 0. Time O(N^2 D), memory O(block x N + N x (k + D)). Runs on the features' device.
-
-    Args:
-        feats: (N, D) float32, CPU or CUDA.
-        k: neighbours per point (<= N).
-        block: rows per product block.
-        backend: ``"torch"`` (the products in torch on the features' device: the CUDA path, which the tests run
-            on CPU tensors), ``"numpy"`` (CPU, NumPy's BLAS), ``"auto"`` (torch on CUDA, numpy on the CPU).
-        keep_rows: also keep the squared distances of the first ``keep_rows`` points to the others
-            (``NeighbourPass.head``; memory keep_rows x (N - keep_rows) floats).
-    """
+def _torch_neighbour_pass(feats: torch.Tensor, k: int, block: int, progress: bool, keep_rows: int) -> NeighbourPass:
+    """The torch code path of :func:`exact_neighbour_pass` (CUDA; the tests run it on CPU tensors): each block of
+    rows is one product against all N points, of ``[x_i, 1]`` and ``[-2 x_j, |x_j|^2]``, i.e.
+    ``d(i, j) - |x_i|^2``, whose k smallest (``torch.topk``) and largest entries are the row's k-NN and row max."""
     n = feats.shape[0]
-    k = min(k, n)
     sq = (feats * feats).sum(1)
     rows = torch.cat([feats, torch.ones(n, 1, dtype=feats.dtype, device=feats.device)], 1)
     cols = torch.cat([-2.0 * feats, sq[:, None]], 1)
-    use_torch = backend == "torch" or (backend == "auto" and feats.is_cuda)
-    if not use_torch:
-        rows_np, cols_t = rows.numpy(), cols.numpy().T
     rank = np.empty((n, k), dtype=np.int64)
     knn = np.empty((n, k), dtype=np.float32)
     row_max = np.empty(n, dtype=np.float32)
@@ -154,10 +149,7 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
         starts = tqdm(starts, desc="k-NN + row max", unit="block")
     for s in starts:
         e = min(s + block, n)
-        if use_torch:
-            m = rows[s:e] @ cols.t()
-        else:
-            m = torch.from_numpy(rows_np[s:e] @ cols_t)
+        m = rows[s:e] @ cols.t()
         m[torch.arange(e - s), torch.arange(s, e)] = -sq[s:e]  # exactly d(i, i) = 0
         vals, idx = torch.topk(m, k, dim=1, largest=False, sorted=True)
         rank[s:e] = idx.cpu().numpy()
@@ -167,6 +159,117 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
             h = min(e, keep_rows) - s
             head[s:s + h] = (m[:h, keep_rows:] + sq[s:s + h, None]).clamp_(min=0).cpu().numpy()
     return NeighbourPass(rank, knn, row_max, head)
+
+
+def _merge_candidates(best_d: np.ndarray, best_i: np.ndarray, r: np.ndarray, j: np.ndarray, v: np.ndarray) -> None:
+    """Merge new candidates into running k-NN lists, in place.
+
+    Args:
+        best_d, best_i: (m, k) distances / indices of the k nearest found so far of m points, nearest first
+            (``inf`` / -1 where fewer were seen).
+        r: (P,) the row (0 .. m-1) of each candidate, ascending; j: (P,) its point index; v: (P,) its distance.
+    """
+    if len(r) == 0:
+        return
+    m, k = best_d.shape
+    cnt = np.bincount(r, minlength=m)
+    rows = np.flatnonzero(cnt)  # the rows that get candidates
+    cnt = cnt[rows]
+    width = k + int(cnt.max())
+    cand_d = np.full((len(rows), width), np.inf, dtype=best_d.dtype)  # per row: its k, then its new ones
+    cand_i = np.empty((len(rows), width), dtype=best_i.dtype)
+    cand_d[:, :k], cand_i[:, :k] = best_d[rows], best_i[rows]
+    at = np.repeat(np.arange(len(rows)) * width + k - (np.cumsum(cnt) - cnt), cnt) + np.arange(len(r))
+    cand_d.ravel()[at], cand_i.ravel()[at] = v, j
+    if width <= 4 * k:
+        top = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
+    else:
+        top = np.argpartition(cand_d, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.argsort(np.take_along_axis(cand_d, top, 1), axis=1, kind="stable"), 1)
+    top += (np.arange(len(rows)) * width)[:, None]
+    best_d[rows], best_i[rows] = cand_d.ravel()[top], cand_i.ravel()[top]
+
+
+def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progress: bool = False,
+                         backend: str = "auto", keep_rows: int = 0, seed_cols: int = 1024) -> NeighbourPass:
+    """Exact k-NN and row maxima of squared l2 distances in one blocked pass over the pairs (flat brute force).
+
+    CPU (NumPy's BLAS): the points are cut into blocks of ``block``; each tile (I, J), I <= J, is one matrix
+    product of the augmented vectors ``[x_i, |x_i|^2, 1]`` and ``[-2 x_j, 1, |x_j|^2]``, which is ``d(i, j)``
+    itself. d is symmetric, so a tile serves the rows of I and, transposed, those of J: half the products of
+    an all-pairs search. Row and column maxima of the tiles give each point's largest distance (the row
+    normalisation of Zhong's code) from the same products. The k-NN lists are built by merging: the
+    diagonal tiles come first (each row's threshold: its k-th nearest among the block's first columns),
+    then a tile only hands a point the entries no farther than its current k-th neighbour (a compare over
+    the tile; the rest cannot enter its list) to :func:`_merge_candidates`. The torch path (CUDA, or
+    ``backend="torch"``) is a plain pass over full rows, :func:`_torch_neighbour_pass`. The self distance is
+    exactly 0. Time O(N^2 D / 2) on the CPU, memory O(block^2 + N x (k + D)).
+
+    Args:
+        feats: (N, D) float32, CPU or CUDA.
+        k: neighbours per point (<= N).
+        block: points per block (CPU: tiles of block x block; torch: block rows x N).
+        backend: ``"torch"`` (the products in torch on the features' device: the CUDA path, which the tests run
+            on CPU tensors), ``"numpy"`` (CPU, NumPy's BLAS), ``"auto"`` (torch on CUDA, numpy on the CPU).
+        keep_rows: also keep the squared distances of the first ``keep_rows`` points to the others
+            (``NeighbourPass.head``; memory keep_rows x (N - keep_rows) floats).
+        seed_cols: CPU: the first threshold of a row is its k-th nearest among this many columns of its diagonal
+            tile (a speed setting only: any value gives the same result).
+    """
+    n = feats.shape[0]
+    k = min(k, n)
+    if backend == "torch" or (backend == "auto" and feats.is_cuda):
+        return _torch_neighbour_pass(feats, k, block, progress, keep_rows)
+    x = feats.numpy()
+    sq = np.einsum("ij,ij->i", x, x)[:, None]
+    one = np.ones((n, 1), dtype=x.dtype)
+    rows = np.concatenate([x, sq, one], 1)          # [x_i, |x_i|^2, 1]
+    cols = np.concatenate([-2.0 * x, one, sq], 1)   # [-2 x_j, 1, |x_j|^2]
+    best_d = np.full((n, k), np.inf, dtype=np.float32)
+    best_i = np.full((n, k), -1, dtype=np.int64)
+    row_max = np.full(n, -np.inf, dtype=np.float32)
+    head = np.empty((keep_rows, n - keep_rows), dtype=np.float32) if keep_rows else None
+    bounds = [(s, min(s + block, n)) for s in range(0, n, block)]
+    nb = len(bounds)
+    tiles = [(i, i) for i in range(nb)] + [(i, j) for i in range(nb) for j in range(i + 1, nb)]  # diagonal first
+    if progress:
+        from tqdm import tqdm
+        tiles = tqdm(tiles, desc="k-NN + row max", unit="tile")
+    size = min(block, n) ** 2
+    buf_d, buf_near, buf_b = np.empty(size, np.float32), np.empty(size, bool), np.empty(size, bool)  # reused per tile
+    for ti, tj in tiles:
+        (a, b), (c, e) = bounds[ti], bounds[tj]
+        shape = (b - a, e - c)
+        d = np.matmul(rows[a:b], cols[c:e].T, out=buf_d[:shape[0] * shape[1]].reshape(shape))  # d(i, j)
+        if ti == tj:
+            np.fill_diagonal(d, 0.0)  # exactly d(i, i) = 0
+        if keep_rows and a < keep_rows and e > keep_rows:  # the query x gallery part
+            hb, hc = min(b, keep_rows), max(c, keep_rows)
+            np.maximum(d[:hb - a, hc - c:], 0.0, out=head[a:hb, hc - keep_rows:e - keep_rows])
+        np.maximum(row_max[a:b], d.max(1), out=row_max[a:b])
+        near = buf_near[:d.size].reshape(shape)
+        if ti == tj:  # diagonal tile: rows only (it holds both d(i, j) and d(j, i))
+            thr = best_d[a:b, -1]
+            if b - a > k:  # seed: the k-th nearest among the block's first columns bounds the k-th nearest of all
+                seed = np.partition(d[:, :max(k + 1, min(b - a, seed_cols))], k - 1, axis=1)[:, k - 1]
+                thr = np.minimum(thr, seed)
+            flat = np.flatnonzero(np.less_equal(d, thr[:, None], out=near))
+            ri, ci = np.divmod(flat, e - c)
+            _merge_candidates(best_d[a:b], best_i[a:b], ri, ci + c, d.ravel()[flat])
+            continue
+        np.maximum(row_max[c:e], d.max(0), out=row_max[c:e])
+        thr_r, thr_c = best_d[a:b, -1].copy(), best_d[c:e, -1].copy()  # current k-th neighbour distances
+        np.less_equal(d, thr_r[:, None], out=near)
+        near |= np.less_equal(d, thr_c, out=buf_b[:d.size].reshape(shape))
+        flat = np.flatnonzero(near)
+        ri, ci = np.divmod(flat, e - c)
+        v = d.ravel()[flat]
+        sel = v <= thr_r[ri]  # entries for the rows of I
+        _merge_candidates(best_d[a:b], best_i[a:b], ri[sel], ci[sel] + c, v[sel])
+        sel = v <= thr_c[ci]  # and, transposed, for the rows of J
+        order = np.argsort(ci[sel], kind="stable")
+        _merge_candidates(best_d[c:e], best_i[c:e], ci[sel][order], ri[sel][order] + a, v[sel][order])
+    return NeighbourPass(best_i, np.maximum(best_d, 0.0), row_max, head)
 
 
 def faiss_neighbour_pass(feats: torch.Tensor, k: int, search: str = "faiss", nlist: Optional[int] = None,
@@ -232,11 +335,14 @@ def faiss_neighbour_pass(feats: torch.Tensor, k: int, search: str = "faiss", nli
     return NeighbourPass(rank.astype(np.int64), knn, row_max)
 
 
-def reciprocal_sets(rank: np.ndarray, n_neigh: int, chunk: int = 16384) -> np.ndarray:
+def reciprocal_sets(rank: np.ndarray, n_neigh: int) -> np.ndarray:
     """k-reciprocal sets R(i, k) (Eq. 3) of all points, padded with -1.
 
+    N(i, k) as a sparse matrix ``A[i, j] = 1 + (position of j in N(i, k))``; its elementwise product with the
+    pattern of its transpose keeps the pairs with j in N(i, k) and i in N(j, k), and their positions.
+
     Args:
-        rank: (N, >= n_neigh) neighbour lists, nearest first.
+        rank: (N, >= n_neigh) neighbour lists, nearest first (-1: none).
         n_neigh: |N(i, k)|, the neighbours that count (columns ``rank[:, :n_neigh]``).
     Returns:
         (N, n_neigh) int64: entry p of row i is ``rank[i, p]`` if i is among the first ``n_neigh``
@@ -244,43 +350,53 @@ def reciprocal_sets(rank: np.ndarray, n_neigh: int, chunk: int = 16384) -> np.nd
     """
     n = rank.shape[0]
     fwd = rank[:, :n_neigh]
+    i, p = np.nonzero(fwd >= 0)
+    a = sp.csr_matrix(((p + 1).astype(np.int32), (i, fwd[i, p])), shape=(n, n))
+    both = a.multiply(a.T.astype(bool)).tocoo()  # j in N(i, k) and i in N(j, k)
     out = np.full(fwd.shape, -1, dtype=np.int64)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        back = fwd[fwd[s:e]]  # (c, n_neigh, n_neigh): the neighbours of each neighbour
-        ok = (back == np.arange(s, e)[:, None, None]).any(2)
-        out[s:e] = np.where(ok, fwd[s:e], -1)
+    out[both.row, both.data - 1] = both.col
     return out
 
 
-def expanded_sets(r_full: np.ndarray, r_half: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def expanded_sets(r_full: np.ndarray, r_half: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """R*(i, k1) of Eq. 6: R(i, k1) plus every R(c, k1/2), c in R(i, k1), with
-    |R(c, k1/2) & R(i, k1)| > 2/3 |R(c, k1/2)|. Sorted rows of unique indices, padded with -1.
+    |R(c, k1/2) & R(i, k1)| > 2/3 |R(c, k1/2)|. Sorted rows of unique indices, padded with -1 at the end.
+
+    Per chunk of points, R(i, k1) is marked in a (chunk, N) bitmap, so that each member of each R(c, k1/2)
+    is one look-up, both for the intersection and to keep only the members that R(i, k1) lacks.
 
     Args:
         r_full: (N, a) R(i, k1) padded with -1 (from :func:`reciprocal_sets`).
         r_half: (N, b) R(i, k1/2) padded with -1.
     Returns:
-        (N, a + a * b) int64.
+        (N, w) int64, w the largest |R*(i, k1)| (at most a + a * b).
     """
     n, a = r_full.shape
     b = r_half.shape[1]
-    out = np.full((n, a + a * b), -1, dtype=np.int64)
+    r_full, r_half = r_full.astype(np.int32), r_half.astype(np.int32)
+    chunk = max(1, min(chunk, (1 << 25) // n))  # bitmap of at most 32 MB
+    member = np.zeros(chunk * n, dtype=bool)     # (chunk, N), flat
+    ok = r_full >= 0
+    keys = [np.nonzero(ok)[0] * np.int64(n) + r_full[ok]]  # R(i, k1) as keys i * N + j
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
-        rf = r_full[s:e]                                     # (c, a)
-        cand = np.where(rf[:, :, None] >= 0, r_half[np.maximum(rf, 0)], -1)  # (c, a, b)
-        valid = cand >= 0
-        inter = ((cand[:, :, :, None] == rf[:, None, None, :]) & valid[:, :, :, None]).any(3).sum(2)  # (c, a)
-        size = valid.sum(2)
-        accept = (rf >= 0) & (inter > (2.0 / 3.0) * size)
-        merged = np.concatenate([rf, np.where(accept[:, :, None], cand, -1).reshape(e - s, a * b)], axis=1)
-        merged.sort(axis=1)
-        dup = np.zeros_like(merged, dtype=bool)
-        dup[:, 1:] = merged[:, 1:] == merged[:, :-1]
-        merged[dup] = -1
-        merged.sort(axis=1)
-        out[s:e] = merged[:, ::-1]  # valid (>= 0) first, descending; order inside a set is irrelevant
+        rf, okc = r_full[s:e], ok[s:e]                                  # R(i, k1): (c, a)
+        row = (np.arange(e - s, dtype=np.int64) * n)[:, None]
+        marks = (row + rf)[okc]
+        member[marks] = True
+        cand = r_half[np.where(okc, rf, 0)]                             # R(c, k1/2), c in R(i, k1): (c, a, b)
+        valid = (cand >= 0) & okc[:, :, None]
+        inside = member.take(row[:, :, None] + cand)                    # (-1 entries read a wrong bit: masked)
+        inter = np.count_nonzero(inside & valid, axis=2)
+        accept = okc & (inter > (2.0 / 3.0) * np.count_nonzero(valid, axis=2))  # > 2/3 |R(c, k1/2)| shared
+        member[marks] = False
+        r, p = np.nonzero((accept[:, :, None] & valid & ~inside).reshape(e - s, a * b))  # new members only
+        keys.append(np.unique((r + s) * np.int64(n) + cand.reshape(e - s, a * b)[r, p]))
+    rows, cols = np.divmod(np.sort(np.concatenate(keys)), n)
+    start = np.searchsorted(rows, np.arange(n))
+    cnt = np.diff(np.append(start, len(rows)))
+    out = np.full((n, int(cnt.max(initial=1))), -1, dtype=np.int64)
+    out[rows, np.arange(len(rows)) - start[rows]] = cols
     return out
 
 
@@ -304,8 +420,14 @@ def encode_v(feats: torch.Tensor, sets: np.ndarray, scale: np.ndarray, rank: Opt
         todo = ~found
     idx = np.flatnonzero(todo)
     sq = (feats * feats).sum(1)
+    x, sq_np = (feats.numpy(), sq.numpy()) if feats.device.type == "cpu" else (None, None)
     for s in range(0, len(idx), chunk):
         sel = idx[s:s + chunk]
+        if x is not None:  # NumPy: faster than torch's gathers on the CPU
+            ri, ci = rows[sel], cols[sel]
+            dd = sq_np[ri] + sq_np[ci] - 2 * np.einsum("ij,ij->i", x[ri], x[ci])
+            d[sel] = np.maximum(dd, 0.0)
+            continue
         ri = torch.from_numpy(rows[sel]).to(feats.device)
         ci = torch.from_numpy(cols[sel]).to(feats.device)
         dot = (feats[ri] * feats[ci]).sum(1)
@@ -331,6 +453,9 @@ def jaccard_min_sum(vq: sp.csr_matrix, vg_csc: sp.csc_matrix) -> np.ndarray:
     """``sum_c min(vq[i, c], vg[j, c])`` for every query row i and gallery row j (the numerator of
     Eq. 10), summed only over the columns both rows use (inverted index: the CSC columns of vg).
 
+    Each non-zero ``vq[i, c]`` meets the gallery rows listed in column c of vg; every such meeting adds
+    its minimum to ``out[i, j]`` (one ``np.bincount`` over all meetings of the chunk).
+
     Args:
         vq: (m, N) CSR, a chunk of query rows of V.
         vg_csc: (g, N) CSC, the gallery rows of V.
@@ -339,18 +464,34 @@ def jaccard_min_sum(vq: sp.csr_matrix, vg_csc: sp.csc_matrix) -> np.ndarray:
     """
     m, g = vq.shape[0], vg_csc.shape[0]
     vq = vq.tocoo()
-    qi, qc, qv = vq.row, vq.col, vq.data
-    start = vg_csc.indptr[qc]
-    cnt = vg_csc.indptr[qc + 1] - start
+    start = vg_csc.indptr[vq.col]
+    cnt = vg_csc.indptr[vq.col + 1] - start
     total = int(cnt.sum())
-    out = np.zeros(m * g, dtype=np.float64)
-    if total:
-        rep = np.repeat(np.arange(len(qc)), cnt)
-        offs = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        gidx = start[rep] + offs
-        mins = np.minimum(qv[rep], vg_csc.data[gidx])
-        out += np.bincount(qi[rep] * g + vg_csc.indices[gidx], weights=mins, minlength=m * g)
-    return out.reshape(m, g).astype(np.float32)
+    if not total:
+        return np.zeros((m, g), dtype=np.float32)
+    at = np.repeat(start - (np.cumsum(cnt) - cnt), cnt)  # position in vg of each meeting: start + rank in its run
+    at += np.arange(total, dtype=at.dtype)
+    mins = np.repeat(vq.data, cnt)
+    np.minimum(mins, vg_csc.data[at], out=mins)
+    cell = np.repeat(vq.row.astype(np.int64) * g, cnt)
+    cell += vg_csc.indices[at]
+    return np.bincount(cell, weights=mins, minlength=m * g).reshape(m, g).astype(np.float32)
+
+
+def mix(shared: np.ndarray, base: np.ndarray, lambda_value: float, base_scale: Optional[np.ndarray] = None,
+        clip: bool = False) -> np.ndarray:
+    """The final distance of Eq. 12, ``(1 - lambda) d_J + lambda base``, with ``d_J = 1 - shared / (2 - shared)``
+    (Eq. 10; ``shared`` from :func:`jaccard_min_sum`), written into ``base`` (m, g) float32 in place and returned.
+    ``base_scale``: (m,) factors of the base rows (Zhong's row normalisation); ``clip``: clip d_J at 0 (FastReID)."""
+    den = np.subtract(2.0, shared, dtype=np.float32)
+    jac = np.divide(shared, den, out=den)
+    np.subtract(1.0, jac, out=jac)                # d_J
+    if clip:
+        np.maximum(jac, 0.0, out=jac)
+    jac *= np.float32(1.0 - lambda_value)
+    base *= (np.float32(lambda_value) if base_scale is None else base_scale[:, None] * np.float32(lambda_value))
+    base += jac
+    return base
 
 
 class _Reranker:
@@ -441,37 +582,35 @@ class _Reranker:
         self.qg = nbr.head  # the q x g squared distances of the exact pass (dense output only), else None
 
     def chunks(self, chunk: int) -> Iterator[Tuple[int, int, np.ndarray]]:
-        """Yield ``(start, end, final distance of queries start:end vs all gallery)``."""
+        """Yield ``(start, end, final distance of queries start:end vs all gallery)``. With the q x g block of
+        the exact pass (``keep_qg``), the result is written over that block's rows (the dense output)."""
         gal = self.feats[self.q:]
         for s in range(0, self.q, chunk):
             e = min(s + chunk, self.q)
             shared = jaccard_min_sum(self.vq[s:e], self.vg)  # sum_c min(V_i, V_j); sum max = 2 - it
-            jac = 1.0 - shared / (2.0 - shared)
-            if self.mode == "fastreid":
-                np.maximum(jac, 0.0, out=jac)
+            scale = None
             if callable(self.base_distance):
                 base = self.base_distance(self._q_in[s:e], self._g_in)
                 if isinstance(base, torch.Tensor):
                     base = base.detach().cpu().numpy()
-                base = np.asarray(base, dtype=np.float32)
+                base = np.array(base, dtype=np.float32)  # a copy: mixed in place
                 if base.shape != (e - s, self.g) or not np.isfinite(base).all():
                     raise ValueError(f"base_distance({e - s} queries, {self.g} gallery) gave shape {base.shape} "
                                      f"or non-finite values")
             elif self.base_distance is not None:
-                base = np.asarray(self.base_distance[s:e], dtype=np.float32)
+                base = np.array(self.base_distance[s:e], dtype=np.float32)
             else:
                 if self.qg is not None:
-                    d = self.qg[s:e]
+                    base = self.qg[s:e]
                 else:
-                    d = _sq_dist_block(self.feats[s:e], gal, self.sq[s:e], self.sq[self.q:],
-                                       backend=self.backend).cpu().numpy()
+                    base = _sq_dist_block(self.feats[s:e], gal, self.sq[s:e], self.sq[self.q:],
+                                          backend=self.backend).cpu().numpy()
                 if self.mode == "zhong":
-                    base = d * self.scale[s:e, None]
+                    scale = self.scale[s:e]
                 elif self.metric == "cosine":
-                    base = d / 2.0  # = 1 - cos for unit vectors, FastReID's cosine distance
-                else:
-                    base = d  # FastReID's "euclidean" is the squared l2
-            yield s, e, (jac * (1.0 - self.lambda_value) + base * self.lambda_value).astype(np.float32)
+                    base *= 0.5  # = 1 - cos for unit vectors, FastReID's cosine distance
+                # else FastReID's "euclidean": the squared l2
+            yield s, e, mix(shared, base, self.lambda_value, scale, clip=self.mode == "fastreid")
 
 
 def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20, k2: int = 6,
@@ -495,7 +634,7 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
         base_distance: optional (q, g) distance to mix in place of the features' own (e.g. OCNet's
             two-feature distance), or a callable ``(query_feats (m, D), gallery_feats (g, D)) -> (m, g)`` called per
             chunk of queries (no (q, g) array needed); the k-reciprocal neighbourhoods still come from the features.
-        block: rows per GEMM block in the exact pass (memory ``block x N`` floats).
+        block: points per block of the exact pass (CPU: tiles of ``block x block``; torch / CUDA: ``block x N``).
         chunk: queries per Jaccard chunk (memory ``chunk x g`` floats plus the shared pairs).
         progress: show a progress bar of the exact pass.
         device: run on this torch device (``"cuda"``: the exact pass as torch products on the GPU, a faiss GPU index
@@ -512,7 +651,8 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
             another device than the query is moved to it. k1 or k2 larger than q + g behave as in Zhong's code
             (every point is a neighbour).
 
-    Complexity: time O(N^2 D) for the exact pass plus O(q x |shared pairs|) for the Jaccard part;
+    Complexity: time O(N^2 D / 2) for the exact pass on the CPU (each pair once; O(N^2 D) on the torch path) plus
+    O(q x |shared pairs|) for the Jaccard part;
     memory O(N x k1 x k2) plus the (q, g) output. N = q + g.
     """
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
@@ -523,7 +663,8 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
     # the q x g distances kept from the exact pass become the output, chunk by chunk (each chunk reads its rows first)
     out = rr.qg if rr.qg is not None else np.empty((rr.q, rr.g), dtype=np.float32)
     for s, e, d in rr.chunks(chunk):
-        out[s:e] = d
+        if rr.qg is None:
+            out[s:e] = d
     return out
 
 
