@@ -9,7 +9,7 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SGR_CPU = os.path.join(REPO, "projects", "SGR", "configs", "occluded_duke_osnet_x0_25_cpu.yml")
+BOT_CPU = os.path.join(REPO, "projects", "BoT", "configs", "occluded_duke_osnet_x0_25_cpu.yml")
 
 
 class _Stop(Exception):
@@ -49,10 +49,10 @@ def _losses(trainer):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(real_data_root, tmp_path, monkeypatch):
-    """SGR: data-side randomness (P x K sampler, flips, padding crops, random erasing) and model-side randomness and
-    state (Batch Erasing in the forward pass, the momentum mean feature): 2 epochs straight vs 1 epoch, stop,
-    ``--resume``, 1 epoch. (BoT, data-side only, passed the same test when it was written.)"""
-    config_file = SGR_CPU
+    """BoT: the P x K sampler, flips, padding crops and random erasing, the optimizer and LR schedule: 2 epochs straight
+    vs 1 epoch, stop, ``--resume``, 1 epoch. (SGR, with model-side randomness too (Batch Erasing in the forward pass)
+    and the momentum mean feature, passed the same test when it was written; BoT keeps CI shorter.)"""
+    config_file = BOT_CPU
     monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
     straight = _trainer(config_file, tmp_path / "straight", real_data_root)
     straight.resume_or_load(resume=False)
