@@ -16,7 +16,7 @@ With ``SEED`` >= 0, occreid makes each of them resumable:
 
 1. :class:`SeededIdentitySampler` is FastReID's P x K algorithm with a private generator;
    :class:`SeededSampleStream` wraps the sampler and numbers what it yields: sample ``n`` of rank ``r``
-   is ``(index, n)``; on resume the stream skips the ``start_iter x mini-batch`` samples already trained on;
+   is ``(index, SEED, r, n)``; on resume the stream skips the ``start_iter x mini-batch`` samples already trained on;
 2. the dataset seeds python / numpy / torch from ``(SEED, r, n)`` before augmenting sample ``n``
    (:func:`seeded_index`), so an augmentation depends on the sample's position in the stream, not on which
    worker drew it or how many images that worker saw before;
@@ -88,8 +88,8 @@ class SeededIdentitySampler(Sampler):
 
 
 class SeededSampleStream(Sampler):
-    """Wrap a FastReID training sampler (infinite, per rank): yields ``(index, n)`` with ``n`` the running
-    number of the sample on this rank (0, 1, 2, ...), starting at :attr:`start`.
+    """Wrap a FastReID training sampler (infinite, per rank): yields ``(index, seed, rank, n)`` with ``n`` the
+    running number of the sample on this rank (0, 1, 2, ...), starting at :attr:`start`.
 
     Args:
         sampler: yields dataset indices (int), e.g. ``NaiveIdentitySampler``; its own seed is fixed when it is
