@@ -21,4 +21,4 @@ train: env data
 	FASTREID_DATASETS="$(OCCREID_DATA)" $(PY) train_net.py --config-file $(CONFIG) $(OPTS)
 
 test: env data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests

@@ -135,7 +135,13 @@ def main():
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--rerank-n", type=int, default=1_000_000, help="re_ranking_topk (ivf) at this N (0: skip)")
     ap.add_argument("--rerank-queries", type=int, default=1000)
+    ap.add_argument("--indexes", nargs="+", default=["flat", "ivfpq", "shards", "hnsw"],
+                    choices=["flat", "ivfpq", "shards", "hnsw", "none"],
+                    help="index types to build ('none': only the re-ranking row)")
     ap.add_argument("--out", default="benchmarks/results/faiss_scale_cpu.md")
+    ap.add_argument("--note", default="", help="said after the command in --out (e.g. what else ran on the machine)")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows and commands already in --out and add this run's (rows sorted by N)")
     args = ap.parse_args()
 
     threads = torch.get_num_threads()
@@ -150,18 +156,21 @@ def main():
     for n in args.sizes:
         gal = SyntheticGallery(f, n, seed=0)
         q = gal.queries(args.queries)
-        (truth, _), sec, _ = measure(lambda: exact_topk(gal, q))
-        print(f"[N={n:,}] exact top-10 of {len(q)} queries by a chunked scan: {sec:.1f} s", flush=True)
+        if args.indexes != ["none"]:
+            (truth, _), sec, _ = measure(lambda: exact_topk(gal, q))
+            print(f"[N={n:,}] exact top-10 of {len(q)} queries by a chunked scan: {sec:.1f} s", flush=True)
         nlist = args.nlist or 2 ** int(round(math.log2(4 * math.sqrt(n))))
         specs = []
-        if n * gal.dim * 4 <= args.max_flat_gib * 2**30:
+        if "flat" in args.indexes and n * gal.dim * 4 <= args.max_flat_gib * 2**30:
             specs.append(("Flat", "Flat", 0, [None]))
         # "np": no polysemous training (FAISS's factory default for PQ: a code re-ordering by simulated annealing that
         # only the polysemous Hamming filter uses; it dominated the build time here and changes no search result)
         pq = f"IVF{nlist},PQ{args.pq_m}np"
-        specs.append((pq, pq, 0, args.nprobe))
-        specs.append((f"IndexShards {args.shards} x {pq}", pq, args.shards, args.nprobe))
-        if n <= args.hnsw_max:
+        if "ivfpq" in args.indexes:
+            specs.append((pq, pq, 0, args.nprobe))
+        if "shards" in args.indexes:
+            specs.append((f"IndexShards {args.shards} x {pq}", pq, args.shards, args.nprobe))
+        if "hnsw" in args.indexes and n <= args.hnsw_max:
             specs.append(("HNSW32", "HNSW32", 0, [64, 128]))
         for name, factory, shards, params in specs:
             (index, parts), build_s, mib = measure(
@@ -192,12 +201,23 @@ def main():
             del x
 
     commit = os.popen("git rev-parse --short HEAD").read().strip()
+    command = (f"`{os.environ.get('OMP_WAIT_POLICY') and 'OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] + ' ' or ''}"
+               f".venv/bin/python benchmarks/faiss_scale.py {' '.join(sys.argv[1:])}`; commit {commit}; "
+               f"{platform.machine()}, {os.cpu_count()} CPU cores ({threads} threads), faiss {faiss.__version__}"
+               + (f"; {args.note}" if args.note else ""))
+    old_rows, old_commands = [], []
+    if args.append and os.path.isfile(args.out):
+        with open(args.out) as fh:
+            for line in fh.read().splitlines():
+                if line.startswith("| ") and line[2:3].isdigit():
+                    old_rows.append(line)
+                elif line.startswith("- Command: "):
+                    old_commands.append(line)
+    rows = sorted(old_rows + rows, key=lambda r: int(r.split("|")[1].replace(",", "")))  # stable: run order kept
     lines = ["# Galleries of millions: FAISS index types (synthetic features with real cluster structure, D = 512)", "",
-             f"Command: `.venv/bin/python benchmarks/faiss_scale.py --sizes {' '.join(map(str, args.sizes))}`; commit "
-             f"{commit}; {platform.node()}, {os.cpu_count()} CPU cores ({threads} threads), faiss {faiss.__version__}, "
-             f"{args.queries} queries, top-10. Recall@10: fraction of the true 10 nearest (chunked exact scan) "
-             "returned. Memory: peak extra resident memory while building (MiB); index bytes from "
-             "`faiss.serialize_index`.", "",
+             "Recall@10: fraction of the true 10 nearest (chunked exact scan) returned. Memory: peak extra resident "
+             "memory while building (MiB); index bytes from `faiss.serialize_index`. Queries: top-10 of "
+             "`--queries` queries, all threads. Runs:", ""] + old_commands + [f"- Command: {command}", "",
              "| N | index | build s | index size | build peak MiB | queries/s | recall@10 | note |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"] + rows
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

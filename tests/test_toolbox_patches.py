@@ -164,3 +164,13 @@ def test_methods_with_their_own_distance_are_named(arch, what):
     cfg = get_cfg()
     cfg.MODEL.META_ARCHITECTURE = arch
     assert any(f"{arch}'s own test distance ({what})" in p for p in ignored_by_plain_trainer(cfg))
+
+
+def test_occlusion_with_zero_area_is_not_named():
+    """DATASETS.OCCLUSION.AREA 0 occludes nothing in occreid either: the plain trainer loses nothing there."""
+    from fastreid.config import get_cfg
+    from occreid.fastreid.plain_trainer import ignored_by_plain_trainer
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(REPO, "configs", "Base-BoT.yml"))
+    cfg.merge_from_list(["DATASETS.OCCLUSION.ENABLED", "True", "DATASETS.OCCLUSION.AREA", "0.0"])
+    assert ignored_by_plain_trainer(cfg) == []

@@ -39,7 +39,7 @@ def ignored_by_plain_trainer(cfg):
     sub = cfg.DATASETS.SUBSET
     if sub.TRAIN_IDS or sub.TEST_IDS:
         out.append(f"DATASETS.SUBSET (TRAIN_IDS {sub.TRAIN_IDS}, TEST_IDS {sub.TEST_IDS}): all identities are used")
-    if cfg.DATASETS.OCCLUSION.ENABLED:
+    if cfg.DATASETS.OCCLUSION.ENABLED and cfg.DATASETS.OCCLUSION.AREA > 0:  # AREA <= 0: occreid occludes nothing either
         out.append("DATASETS.OCCLUSION.ENABLED: the test images are not occluded")
     rr = cfg.TEST.RERANK
     if rr.ENABLED and (rr.MODE != "fastreid" or rr.SEARCH != "exact"):
