@@ -16,8 +16,10 @@ CPU_CONFIGS = {m: os.path.join(REPO, "projects", m, "configs", "occluded_duke_os
                for m in ("BoT", "OCNet", "SGR", "PAN", "AlignedReID", "AMDNet")}
 SMALL = ["SEED", "3", "DATASETS.SUBSET.TRAIN_IDS", "8", "DATASETS.SUBSET.TEST_IDS", "6", "DATASETS.SUBSET.MODE",
          "random", "SOLVER.IMS_PER_BATCH", "16", "SOLVER.BUDGET_IMAGES", "128", "SOLVER.WARMUP_ITERS", "0",
-         "SOLVER.FREEZE_ITERS", "0", "DATALOADER.NUM_WORKERS", "1", "TEST.IMS_PER_BATCH", "32",
+         "SOLVER.FREEZE_ITERS", "0", "DATALOADER.NUM_WORKERS", "0", "TEST.IMS_PER_BATCH", "32",
          "SOLVER.LOG_PERIOD", "1"]
+# NUM_WORKERS 0: the processes of FastReID's launcher are started by spawn, and so are their loader workers, each of
+# which re-imports torch and fastreid (~8 s per loader here); the sampler shards per rank all the same.
 
 
 def _train_net(data_root, out_dir, config_file, processes, *opts, eval_only=False):
