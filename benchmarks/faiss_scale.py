@@ -213,8 +213,10 @@ def main():
             del x
 
     commit = os.popen("git rev-parse --short HEAD").read().strip()
+    argv = sys.argv[1:]
+    shown_args = [a for i, a in enumerate(argv) if a != "--note" and (i == 0 or argv[i - 1] != "--note")]
     command = (f"`{os.environ.get('OMP_WAIT_POLICY') and 'OMP_WAIT_POLICY=' + os.environ['OMP_WAIT_POLICY'] + ' ' or ''}"
-               f".venv/bin/python benchmarks/faiss_scale.py {' '.join(sys.argv[1:])}`; commit {commit}; "
+               f".venv/bin/python benchmarks/faiss_scale.py {' '.join(shown_args)}`; commit {commit}; "
                f"{platform.machine()}, {os.cpu_count()} CPU cores ({threads} threads), faiss {faiss.__version__}"
                + (f"; {args.note}" if args.note else ""))
     old_rows, old_commands = [], []
