@@ -54,18 +54,17 @@ class SyntheticGallery:
         self.centers += 0.3 * spread * rng.standard_normal(self.centers.shape, dtype=np.float32)
         self.dim = feats.shape[1]
 
-    def chunk(self, start, end, stream=0):
+    def chunk(self, start, end, stream=0, with_ids=False):
+        """Features ``start:end`` of ``stream`` (0 gallery, 1 queries, 2 IVF training); with ``with_ids``,
+        ``(features, synthetic identity of each)``."""
         rng = np.random.default_rng([self.seed, stream, start])
         ids = rng.integers(0, self.n_ids, end - start)
-        return self.centers[ids] + self.resid[rng.integers(0, len(self.resid), end - start)]
+        x = self.centers[ids] + self.resid[rng.integers(0, len(self.resid), end - start)]
+        return (x, ids) if with_ids else x
 
-    def chunk_ids(self, start, end, stream=0):
-        """The synthetic identity of each feature of ``chunk(start, end, stream)`` (the same first draw)."""
-        return np.random.default_rng([self.seed, stream, start]).integers(0, self.n_ids, end - start)
-
-    def chunks(self, size=250_000):
+    def chunks(self, size=250_000, with_ids=False):
         for s in range(0, self.n, size):
-            yield s, self.chunk(s, min(s + size, self.n))
+            yield s, self.chunk(s, min(s + size, self.n), with_ids=with_ids)
 
     def queries(self, nq):
         return self.chunk(0, nq, stream=1)
@@ -197,11 +196,9 @@ def main():
             del index, parts
         if n == args.rerank_n:
             from occreid.evaluation.rerank import re_ranking_topk
-            x = np.concatenate([x for _, x in gal.chunks()])
-            gid = np.concatenate([gal.chunk_ids(s, min(s + 250_000, n)) for s in range(0, n, 250_000)])
-            qr = gal.queries(args.rerank_queries)
-            qid = gal.chunk_ids(0, len(qr), stream=1)
-            exact_idx, _ = exact_topk(gal, qr)
+            x, gid = (np.concatenate(part) for part in zip(*(c for _, c in gal.chunks(with_ids=True))))
+            qr, qid = gal.chunk(0, args.rerank_queries, stream=1, with_ids=True)
+            exact_idx = faiss.knn(qr, x, 10)[1]  # the gallery is in memory here: one exact pass
             (idx, _), sec, mib = measure(lambda: re_ranking_topk(qr, x, topk=10, search="ivf"))
 
             def precision(top):  # fraction of the top-10 of the query's synthetic identity
