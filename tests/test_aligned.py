@@ -376,3 +376,58 @@ def test_robustness_curve_and_saliency_on_real_occluded_duke(real_data_root, tmp
     main(["saliency", "--config-file", cfg, "--dataset", "OccludedDuke", "--num-queries", "2",
           "--out", str(tmp_path / "sal.png"), "MODEL.DEVICE", "cpu"])
     assert Image.open(tmp_path / "sal.png").size == (60 + 4 * 64 + 6, 2 * 130 + 14)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_local_norm_switch_unit_stripes_and_no_saturation(norm):
+    """MODEL.ALIGNED.LOCAL_NORM: each stripe L2-normalised (AlignedReID's reference code), so Eq. 1 cannot saturate.
+    Without it (the defect of issue 29: median ||f_i - g_j|| 8.8, 91 % of the cells above 0.99) the stripes are
+    not unit vectors and, on OSNet's un-normalised features, most cells of Eq. 1's matrix sit near 1."""
+    cfg, model = _build(os.path.join(AL_DIR, "occluded_duke_osnet_x0_25_cpu.yml"),
+                        ["MODEL.ALIGNED.LOCAL_NORM", str(norm)])
+    assert model.local_norm is norm
+    model.eval()
+    with torch.no_grad():
+        feats = model(_batch(6, 256, 128))
+    local = feats[:, 128:].reshape(6, 16, 128)
+    norms = local.norm(dim=-1)
+    d = stripe_distance(local[:3], local[3:])
+    if norm:
+        torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
+        assert d.max() <= math.tanh(1.0) + 1e-6        # ||f_i - g_j|| <= 2
+    else:
+        assert (norms - 1).abs().max() > 0.1
+
+
+def test_local_norm_keeps_the_local_triplet_informative_on_real_images(real_data_root):
+    """On 16 real Occluded-Duke training images with the MSMT17 OSNet x0.25 (the CPU config's starting weights), in
+    training mode (the local branch's BatchNorm on batch statistics, as the local triplet sees it), the local
+    distances of the batch spread out with normalised stripes: no cell of Eq. 1 near 1 and a range of pair
+    distances (coefficient of variation) larger than without; without, most cells saturate (issue 29)."""
+    from occreid.data import parse_occluded_duke
+    from fastreid.data.transforms import build_transforms
+    from fastreid.data.data_utils import read_image
+    train, _, _ = parse_occluded_duke(real_data_root)
+    items = train[:16]
+    out = {}
+    for norm in (True, False):
+        cfg, model = _build(os.path.join(AL_DIR, "occluded_duke_osnet_x0_25_cpu.yml"),
+                            ["MODEL.ALIGNED.LOCAL_NORM", str(norm), "MODEL.BACKBONE.PRETRAIN", "True",
+                             "MODEL.BACKBONE.PRETRAIN_PATH",
+                             os.path.join(real_data_root, "weights", "osnet_x0_25_msmt17.pth")])
+        from fastreid.modeling import build_model
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        tf = build_transforms(cfg, is_train=False)
+        images = torch.stack([tf(read_image(p)) for p, _, _ in items])
+        with torch.no_grad():
+            _, local, _ = model.features((images - model.pixel_mean) / model.pixel_std)
+        cells = stripe_distance(local[:, None], local[None, :])
+        dist = aligned_local_distance(local, local)
+        off = dist[~torch.eye(16, dtype=torch.bool)]
+        out[norm] = ((cells > 0.99).float().mean().item(), (off.std() / off.mean()).item())
+    print(out)
+    saturated_on, spread_on = out[True]
+    saturated_off, spread_off = out[False]
+    assert saturated_on < 0.01 and saturated_off > 0.5
+    assert spread_on > 2 * spread_off

@@ -13,7 +13,7 @@ which the comparison protocol's budget counts (:data:`occreid.fastreid.trainer.I
 
 Config ``MODEL.ALIGNED.*`` (defaults = the paper's, projects/AlignedReID/README.md): ``LOCAL_DIM`` c (128),
 ``POOL`` avg | max (global and horizontal pooling), ``ID_WEIGHT`` (0: the paper's loss is triplet only),
-``TEST_DISTANCE`` global | local | sum, ``OBC.ENABLED``, ``OBC.ALPHA`` (0.8, Sec. 6.5), ``OBC.SIZE``
+``TEST_DISTANCE`` global | local | sum, ``LOCAL_NORM`` (L2-normalised stripes, the reference code's), ``OBC.ENABLED``, ``OBC.ALPHA`` (0.8, Sec. 6.5), ``OBC.SIZE``
 (patch area fraction, 0.305 = 50 x 50 on Market-1501's 128 x 64 images), ``OBC.FILL`` mean | black | noise,
 ``OBC.NECK`` none | bn (BatchNorm1d before the OBC's FC, not in the paper).
 """
@@ -75,8 +75,10 @@ class AlignedReID(nn.Module):
 
     @configurable
     def __init__(self, *, backbone, feat_dim, local_dim=128, pool="avg", num_classes=0, obc=True, alpha=0.8,
-                 obc_size=0.305, obc_fill="mean", obc_neck="none", tri_margin=0.3, id_weight=0.0, ce_eps=0.1, pixel_mean, pixel_std):
+                 obc_size=0.305, obc_fill="mean", obc_neck="none", tri_margin=0.3, id_weight=0.0, ce_eps=0.1,
+                 local_norm=True, pixel_mean, pixel_std):
         super().__init__()
+        self.local_norm = local_norm
         self.backbone = backbone
         self.heads = AlignedHeads(feat_dim, local_dim, pool, obc, num_classes, id_weight > 0, obc_neck)
         self.pool = pool
@@ -93,7 +95,7 @@ class AlignedReID(nn.Module):
             "backbone": build_backbone(cfg), "feat_dim": cfg.MODEL.BACKBONE.FEAT_DIM, "local_dim": a.LOCAL_DIM,
             "pool": a.POOL, "num_classes": cfg.MODEL.HEADS.NUM_CLASSES, "obc": a.OBC.ENABLED, "alpha": a.OBC.ALPHA,
             "obc_size": a.OBC.SIZE, "obc_fill": a.OBC.FILL, "obc_neck": a.OBC.NECK, "tri_margin": cfg.MODEL.LOSSES.TRI.MARGIN,
-            "id_weight": a.ID_WEIGHT, "ce_eps": cfg.MODEL.LOSSES.CE.EPSILON,
+            "id_weight": a.ID_WEIGHT, "ce_eps": cfg.MODEL.LOSSES.CE.EPSILON, "local_norm": a.LOCAL_NORM,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
@@ -102,10 +104,18 @@ class AlignedReID(nn.Module):
         return self.pixel_mean.device
 
     def features(self, images: torch.Tensor):
-        """Normalised images (B, 3, H, W) -> (global (B, C), local (B, h, c), map (B, C, h, w))."""
+        """Normalised images (B, 3, H, W) -> (global (B, C), local (B, h, c), map (B, C, h, w)).
+
+        With ``local_norm`` (``MODEL.ALIGNED.LOCAL_NORM``, default) each stripe feature is L2-normalised along c, as
+        AlignedReID's reference implementation does before the local distance (``local_loss(...,
+        normalize_feature=True)`` and its test features): ||f_i - g_j|| <= 2, so Eq. 1's d_ij stays below
+        tanh(1) = 0.76 instead of saturating at 1 for every pair (projects/AlignedReID/README.md)."""
         fmap = self.backbone(images)
         glob = fmap.mean(dim=(2, 3)) if self.pool == "avg" else fmap.amax(dim=(2, 3))
-        return glob, self.heads.local(fmap), fmap
+        local = self.heads.local(fmap)
+        if self.local_norm:
+            local = nn.functional.normalize(local, dim=-1, eps=1e-12)
+        return glob, local, fmap
 
     def forward(self, batched_inputs):
         images = batched_inputs["images"].to(self.device)
@@ -185,6 +195,7 @@ def add_aligned_config(cfg):
         return cfg
     a = cfg.MODEL.ALIGNED = CN()
     a.LOCAL_DIM = 128            # the 1x1 conv C -> c
+    a.LOCAL_NORM = True          # L2-normalise each stripe before Eq. 1 (AlignedReID's reference code)
     a.POOL = "avg"               # global / horizontal pooling
     a.ID_WEIGHT = 0.0            # the OBC paper's AlignedReID loss is triplet only (Sec. 3.2.3, 6.5)
     a.TEST_DISTANCE = "global"   # global | local | sum

@@ -27,6 +27,12 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
     PAN's keys (:func:`occreid.fastreid.pan.add_pan_config`).
 ``MODEL.SGR.*``, ``INPUT.CBE.*``
     SGR's keys (:func:`occreid.fastreid.sgr.add_sgr_config`).
+``MODEL.CHANNELS_LAST`` (``"auto"`` | ``"on"`` | ``"off"``)
+    feed the backbone channels-last (NHWC) input (:func:`occreid.fastreid.trainer.use_channels_last`); "auto" is
+    on for the CPU (1.5-2x there, benchmarks/results/throughput_cpu.md) and off on CUDA (not measured there).
+``TEST.FROZEN_BACKBONE`` (``"auto"`` | ``"on"`` | ``"off"``)
+    evaluate with the backbone traced, frozen and optimised for inference by TorchScript
+    (:func:`occreid.fastreid.trainer.frozen_backbone`); "auto" is on for the CPU and off on CUDA.
 ``SEED`` (int, -1)
     seed of python, numpy and torch (data order, augmentation, initialisation); -1 = a random seed
     (FastReID's behaviour). Applied by :class:`occreid.fastreid.OccReIDTrainer` and train_net.py.
@@ -63,6 +69,10 @@ def add_occreid_config(cfg):
         cfg.SOLVER.LOG_PERIOD = 20
     if "BUDGET_IMAGES" not in cfg.SOLVER:
         cfg.SOLVER.BUDGET_IMAGES = 0
+    if "CHANNELS_LAST" not in cfg.MODEL:
+        cfg.MODEL.CHANNELS_LAST = "auto"
+    if "FROZEN_BACKBONE" not in cfg.TEST:
+        cfg.TEST.FROZEN_BACKBONE = "auto"
     if "SEED" not in cfg:
         cfg.SEED = -1
     for key, value in (("MODE", "fastreid"), ("SEARCH", "exact")):
