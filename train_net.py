@@ -132,8 +132,25 @@ def main(args):
     return results
 
 
+def _fail(message):
+    print(f"train_net.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
+    from occreid.fastreid.trainer import UnknownDatasetError
+
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    if not os.path.isfile(args.config_file):
+        _fail(f"config file not found: {args.config_file} (--config-file)")
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except UnknownDatasetError as e:   # a typo in DATASETS.NAMES / TESTS: the registered names, not a traceback
+        _fail(str(e))
+    except (KeyError, AssertionError) as e:
+        msg = str(e.args[0]) if e.args else ""
+        if "Non-existent config key" in msg or "Non-existent key" in msg:   # yacs: from the file / from KEY VALUE
+            _fail(f"{msg} (a typo? see the keys of configs/ and projects/<Method>/configs/)")
+        raise

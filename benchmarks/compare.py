@@ -28,6 +28,9 @@ A protocol is a YAML file::
         overrides: []            # trailing KEY VALUE pairs
       - name: SGR, ME off
         eval_of: SGR             # re-test that row's checkpoints (each seed) with these overrides
+      - name: Floor (no training)
+        config: projects/BoT/configs/occluded_duke_osnet_x0_25_cpu.yml
+        eval_only: true          # the starting weights evaluated as they are
         overrides: [MODEL.SGR.ME.ENABLED, "False"]
 
 Each run's JSON holds: row name, config, overrides, commit, seed, images seen, iterations, wall time,
@@ -100,15 +103,63 @@ def command(proto, row, seed):
         weights = os.path.join(run_dir(proto, row["eval_of"], seed), "model_final.pth")
         cmd += ["--eval-only"]
         opts = list(row["base_overrides"]) + list(row["overrides"]) + ["MODEL.WEIGHTS", weights]
+    elif row.get("eval_only"):   # the starting weights as they are (the floor row): no training
+        cmd += ["--eval-only"]
+        opts = list(row["overrides"])
     else:
         opts = list(row["overrides"])
     cmd += ["SEED", str(seed), "SOLVER.BUDGET_IMAGES", str(proto["budget_images"]), "OUTPUT_DIR", out]
     return cmd + [str(o) for o in opts], out
 
 
-def run(proto, only=None, seeds=None, dry_run=False):
+def tree_state():
+    """(commit, dirty): the checkout's commit and whether tracked files differ from it."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
+    return commit, dirty
+
+
+def machine():
+    """The CPU model and core count, for the run's JSON."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def busy_cpu_seconds():
+    """CPU seconds the whole machine has spent busy (not idle / iowait) since boot, from /proc/stat (None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds():
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run(proto, only=None, seeds=None, dry_run=False, allow_dirty=False):
     """Run every (row, seed) of ``proto`` without a result JSON yet; rows in file order, training rows
-    before the evaluation-only rows that need their checkpoints."""
+    before the evaluation-only rows that need their checkpoints.
+
+    Refuses to run from a tree with uncommitted changes to tracked files (a run must be re-creatable from its
+    commit) unless ``allow_dirty``, which marks the JSON ``"dirty": true``. Each JSON records the machine and
+    ``other_cpu_seconds``: CPU time the machine spent on anything but the run while it ran (from /proc/stat minus
+    the run's own processes); ``contended`` is true when that exceeds 5 % of the run's wall time x cores."""
+    commit, dirty = tree_state()
+    if dirty and not allow_dirty and not dry_run:
+        raise SystemExit("[compare] the tree has uncommitted changes: commit them first (a run must be re-creatable "
+                         "from its commit), or pass --allow-dirty to run anyway with the JSON marked dirty")
     rows = [r for r in proto["rows"] if not only or r["name"] in only]
     todo = [(r, s) for r in rows for s in r["seeds"] if seeds is None or s in seeds]
     # seed-major: every row's first seed before any row's second (a partial protocol is a whole table);
@@ -126,15 +177,21 @@ def run(proto, only=None, seeds=None, dry_run=False):
             continue
         os.makedirs(out, exist_ok=True)
         start = time.time()
+        busy0, own0 = busy_cpu_seconds(), children_cpu_seconds()
         with open(os.path.join(out, "compare_stdout.log"), "w") as log:
             rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        busy1, own1 = busy_cpu_seconds(), children_cpu_seconds()
         if rc != 0:
             print(f"[compare] FAILED (exit {rc}); see {os.path.join(out, 'compare_stdout.log')}", flush=True)
             continue
         with open(os.path.join(out, "occreid_run.json")) as f:
             record = json.load(f)
-        record.update(row=row["name"], group=row["group"], protocol=proto["name"],
-                      runner_seconds=round(time.time() - start, 1))
+        wall = time.time() - start
+        other = None if busy0 is None else max(0.0, (busy1 - busy0) - (own1 - own0))
+        record.update(row=row["name"], group=row["group"], protocol=proto["name"], runner_seconds=round(wall, 1),
+                      dirty=dirty, machine=machine(),
+                      other_cpu_seconds=None if other is None else round(other, 1),
+                      contended=None if other is None else other > 0.05 * wall * (os.cpu_count() or 1))
         if "eval_of" in row:
             record["eval_of"] = row["eval_of"]
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -199,6 +256,10 @@ def table(proto):
             seen = train[0].get("images_seen", "") if train else ""
             steps = f"{train[0].get('iterations', '')} x {train[0].get('images_per_step', '')}" if train else ""
             ips = fmt([r["images_per_second"] for r in train if r.get("images_per_second")]) if train else ""
+            if any(r.get("contended") for r in train):
+                ips += " (shared cores)"   # other jobs ran beside it: not a speed
+            if any(r.get("dirty") or str(r.get("commit", "")).endswith("+dirty") for r in recs):
+                name = name + " (uncommitted tree)"
             opts = " ".join(str(o) for o in row["overrides"])
             cmd = (f"`--eval-only` of {row['eval_of']}" + (f" + `{opts}`" if opts else "")) if "eval_of" in row \
                 else f"`{row['config']}`" + (f" `{opts}`" if opts else "")
@@ -261,6 +322,8 @@ def main(argv=None):
     p_run.add_argument("--only", nargs="+", help="row names")
     p_run.add_argument("--seeds", nargs="+", type=int)
     p_run.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p_run.add_argument("--allow-dirty", action="store_true",
+                       help="run from a tree with uncommitted changes (the JSONs are marked dirty)")
     p_tab.add_argument("--readme", action="append", default=[], help="file(s) with a compare block to fill")
     args = parser.parse_args(argv)
     proto = load_protocol(args.protocol)
@@ -271,7 +334,7 @@ def main(argv=None):
     if args.cmd == "run":
         if not os.environ.get("FASTREID_DATASETS"):
             parser.error("set FASTREID_DATASETS to the data root (README, 'Datasets')")
-        run(proto, args.only, args.seeds, args.dry_run)
+        run(proto, args.only, args.seeds, args.dry_run, args.allow_dirty)
     else:
         text = table(proto)
         os.makedirs(proto["results"], exist_ok=True)

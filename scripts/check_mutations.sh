@@ -70,3 +70,14 @@ run amd_beta_ignored plugins/occreid/fastreid/amdnet.py '"beta_head": a.BETA_HEA
 run amd_sim_alpha_ignored plugins/occreid/fastreid/amdnet.py '"sim_alpha": a.SIM.ALPHA' '"sim_alpha": 0.35' tests/test_amdnet.py -k scalar_keys
 run amd_maps_detached plugins/occreid/fastreid/amdnet.py '        out = attention_pooling(fmap, parts)' '        out = attention_pooling(fmap, parts.detach())' tests/test_amdnet.py -k reach_the_attention
 run amd_label_crop_offset plugins/occreid/fastreid/parsing_data.py 'lab = labp[top:top + h, left:left + w]' 'lab = labp[2 * p - top:2 * p - top + h, left:left + w]' tests/test_amdnet.py -k joint
+run ocnet_sl_no_gamma plugins/occreid/fastreid/ocnet.py 'loss["loss_sl"] = self.gamma * separation_loss(' 'loss["loss_sl"] = separation_loss(' tests/test_ocnet.py -k sl_gamma
+run ocnet_eval_fc_without_cfm plugins/occreid/layers/ocnet_head.py 'out["f_c"] = self._pool(self.cm_center(self.cfm(fmap)))' 'out["f_c"] = self._pool(self.cm_center(self.cfm(fmap) if self.training else __import__("occreid.layers.center_focus_module", fromlist=["center_crop"]).center_crop(fmap, self.cfm.size)))' tests/test_ocnet.py -k centre_feature
+run amd_parsing_targets_flipped plugins/occreid/fastreid/amdnet.py 't = parsing_targets(parsing, out["P_logits"].shape[-2:])' 't = parsing_targets(parsing.flip(1), out["P_logits"].shape[-2:])' tests/test_amdnet.py -k follow_the_labels
+run pan_global_avg_pool plugins/occreid/layers/pan.py 'glob = self.global_fc(torch.amax(maps["conv50"], dim=(2, 3)))' 'glob = self.global_fc(maps["conv50"].mean(dim=(2, 3)))' tests/test_pan.py -k global_max
+run aligned_local_norm_ignored plugins/occreid/fastreid/aligned.py '"local_norm": a.LOCAL_NORM' '"local_norm": True' tests/test_aligned.py -k local_norm
+run channels_last_ignored plugins/occreid/fastreid/trainer.py '        if channels_last_enabled(cfg):
+            use_channels_last(model)' '        if False:
+            use_channels_last(model)' tests/test_throughput.py -k channels_last
+run frozen_backbone_ignored plugins/occreid/fastreid/trainer.py '    inner.backbone = traced' '    pass' tests/test_throughput.py -k frozen
+run cache_reads_wrong_image plugins/occreid/fastreid/trainer.py "self.transform(self.cache[index])" "self.transform(self.cache[0])" tests/test_throughput.py -k decoded_image_cache
+run test_interpolation_ignored plugins/occreid/fastreid/trainer.py 't.interpolation = InterpolationMode.BILINEAR if mode == "bilinear" else InterpolationMode.BICUBIC' 'pass' tests/test_throughput.py -k interpolation

@@ -456,3 +456,31 @@ def test_amdnet_trains_on_real_occluded_duke_with_generated_parsing_labels(real_
           "--dataset", "OccludedDuke", "--num-queries", "2", "--gallery-size", "10", "--out", str(out),
           "MODEL.DEVICE", "cpu"])
     assert Image.open(out).size == ((2 + 5 + 3) * 100, 2 * (192 + 40 + 4))
+
+
+def test_part_attention_loss_targets_follow_the_labels_rows():
+    """Eq. 2 on the model's own part maps: loss_part_attention = weight * CE(P_logits, parsing_targets(labels)),
+    with the labels as given (head rows at the top). Flipping them vertically (head labels on the feet) changes the
+    loss (issue 29: a flipped target passed every test)."""
+    from fastreid.utils.events import EventStorage
+    from occreid.layers.amdnet import part_attention_loss
+    cfg, model = _build(CPU_CFG)
+    model.train()
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 128, 64) * 255
+    k = cfg.MODEL.AMD.NUM_PARTS if "NUM_PARTS" in cfg.MODEL.AMD else 5
+    lab = torch.zeros(4, 128, 64, dtype=torch.long)
+    rows = torch.linspace(0, k - 0.001, 128).long() + 1          # part 1 (head) on the top rows ... part k at the feet
+    lab[:, :, 16:48] = rows[:, None]
+    batch = {"images": images, "targets": torch.tensor([0, 0, 1, 1]), "parsing": lab}
+    with EventStorage(0):
+        losses = model({key: v.clone() for key, v in batch.items()})
+    with torch.no_grad():
+        out = model.features((images - model.pixel_mean) / model.pixel_std)
+        size = out["P_logits"].shape[-2:]
+        expected = model.parsing_weight * part_attention_loss(out["P_logits"], parsing_targets(lab, size),
+                                                              model.parsing_sigma)
+        flipped = model.parsing_weight * part_attention_loss(out["P_logits"], parsing_targets(lab.flip(1), size),
+                                                             model.parsing_sigma)
+    assert losses["loss_part_attention"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert abs(flipped.item() - expected.item()) > 1e-3 * abs(expected.item())

@@ -61,5 +61,5 @@ def test_index_search_rank_list_and_model_mismatch(folders, tmp_path, capsys):
     other = tmp_path / "other.pth"
     torch.save({"model": build_model(cfg).state_dict()}, other)
     with pytest.raises(IndexMismatchError, match="was built with model"):
-        main(["search", "--config-file", CONFIG, "--weights", str(other), "--index", str(idx),
+        main(["--debug", "search", "--config-file", CONFIG, "--weights", str(other), "--index", str(idx),
               "--folder", str(qdir), "--out", str(out), "--num-workers", "0"])

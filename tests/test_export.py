@@ -101,5 +101,5 @@ def test_export_refuses_a_checkpoint_of_another_model(real_data_root, tmp_path, 
     cfg.MODEL.BACKBONE.PRETRAIN = False
     torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "bot.pth")
     with pytest.raises(ValueError, match="does not match the model OCNet"):
-        main(["export", "--config-file", os.path.join(REPO, CONFIGS["OCNet"]), "--weights", str(tmp_path / "bot.pth"),
+        main(["--debug", "export", "--config-file", os.path.join(REPO, CONFIGS["OCNet"]), "--weights", str(tmp_path / "bot.pth"),
               "--out", str(tmp_path / "x.onnx")])

@@ -52,16 +52,18 @@ def test_mismatch_errors(tmp_path):
     gi = GalleryIndex.load(str(tmp_path))
     with pytest.raises(IndexMismatchError, match=r"\(2, 5\) for a 8-d index"):
         gi.search(np.zeros((2, 5), np.float32))
-    os.remove(tmp_path / "meta.json")
-    with pytest.raises(FileNotFoundError, match="meta.json"):
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    os.remove(tmp_path / manifest["meta"])
+    with pytest.raises(FileNotFoundError, match=manifest["meta"]):
         GalleryIndex.load(str(tmp_path))
 
 
 def test_metadata_disagreeing_with_index_is_an_error(tmp_path):
     make_index().save(str(tmp_path))
-    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta_file = tmp_path / json.loads((tmp_path / "manifest.json").read_text())["meta"]
+    meta = json.loads(meta_file.read_text())
     meta["items"] = meta["items"][:-1]
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    meta_file.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="index has 50 x 8 vectors, metadata 49 x 8"):
         GalleryIndex.load(str(tmp_path))
 

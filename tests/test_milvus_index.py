@@ -179,9 +179,10 @@ def test_backend_switch_faiss_default_unchanged(tmp_path):
     gi = GalleryIndex(rng.normal(size=(10, 8)).astype(np.float32), [f"/g/{i}.jpg" for i in range(10)],
                       list(range(10)), [0] * 10, model_hash="abc123")
     folder = str(tmp_path / "idx")
-    assert write_gallery_index(gi, folder) is gi and write_gallery_index(gi, folder) is gi  # rewritten, as before
-    with pytest.raises(FileExistsError, match="already exists"):
-        write_gallery_index(gi, folder, if_exists="error")
+    assert write_gallery_index(gi, folder) is gi
+    with pytest.raises(FileExistsError, match="already exists"):   # never replaced silently (issue 26, item 6)
+        write_gallery_index(gi, folder)
+    assert write_gallery_index(gi, folder, if_exists="overwrite") is gi
     grown = write_gallery_index(gi, folder, if_exists="append")
     back = open_gallery_index(folder, expected_model_hash="abc123", expected_dim=8)
     assert isinstance(back, GalleryIndex) and len(back.paths) == len(grown.paths) == 20
@@ -217,7 +218,7 @@ def test_cli_index_and_search_with_milvus_backend(real_data_root, tmp_path, monk
               "--collection", "duke"]
     assert main(["index", *common, "--folder", str(gdir)]) == 0
     with pytest.raises(FileExistsError, match="--append adds to it, --overwrite replaces it"):
-        main(["index", *common, "--folder", str(gdir2)])
+        main(["--debug", "index", *common, "--folder", str(gdir2)])
     assert main(["index", *common, "--folder", str(gdir2), "--append"]) == 0
     assert f"({len(chosen)} in all)" in capsys.readouterr().out
     mi = MilvusGalleryIndex.open(uri, "duke")
@@ -234,4 +235,4 @@ def test_cli_index_and_search_with_milvus_backend(real_data_root, tmp_path, monk
     printed = capsys.readouterr().out
     assert printed.count("query ") == 2 and (out / "rank_list.html").read_text().count("<img") == 2 * 6
     with pytest.raises(ValueError, match="--backend milvus needs --uri"):
-        main(["search", "--config-file", CONFIG, "--backend", "milvus", "--folder", str(qdir)])
+        main(["--debug", "search", "--config-file", CONFIG, "--backend", "milvus", "--folder", str(qdir)])

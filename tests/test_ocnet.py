@@ -248,3 +248,40 @@ def test_separation_loss_acts_on_the_signed_cm_outputs():
         assert loss == pytest.approx(expected, rel=1e-4), feat
         if feat == "post_relu":
             assert loss >= 2.0 - 1e-6
+
+
+def test_sl_gamma_weights_the_separation_loss():
+    """Eq. 3: loss_sl = gamma * L_SL: with SL.GAMMA 0.25 the term is a quarter of gamma = 1's, on the same weights
+    and batch, and equals gamma * separation_loss of the branches' pre-ReLU features (issue 29: the weight could be
+    dropped without a test noticing)."""
+    from fastreid.modeling import build_model
+    from fastreid.utils.events import EventStorage
+    torch.manual_seed(0)
+    m1 = build_model(_cfg(**{"MODEL.OCNET.SL.GAMMA": 1.0})).train()
+    m4 = build_model(_cfg(**{"MODEL.OCNET.SL.GAMMA": 0.25})).train()
+    m4.load_state_dict(m1.state_dict())
+    b = _batch()
+    with EventStorage(0):
+        l1 = m1({k: v.clone() for k, v in b.items()})["loss_sl"]
+        l4 = m4({k: v.clone() for k, v in b.items()})["loss_sl"]
+        out = m4.branches(m4.backbone((b["images"] - m4.pixel_mean) / m4.pixel_std))
+    assert l1.item() > 0
+    assert l4.item() == pytest.approx(0.25 * l1.item(), rel=1e-5)
+    assert l4.item() == pytest.approx(0.25 * separation_loss(out["f_g_pre"], out["parts_pre"]).item(), rel=1e-4)
+
+
+def test_eval_centre_feature_goes_through_the_cfm():
+    """At test time f_c is CM(Z * P + Z) of the centre crop Z (the CFM, Sec. 2.1), not CM(Z): computed by hand on
+    a feature map whose centre cells differ, in eval mode (issue 29: an eval path without the CFM passed)."""
+    from occreid.layers.center_focus_module import center_crop
+    torch.manual_seed(0)
+    branches = OCNetBranches(16, 8, num_parts=2, use_cfm=True, center_size=2).eval()
+    fmap = torch.randn(3, 16, 8, 4) * 3
+    with torch.no_grad():
+        out = branches(fmap)
+        z = center_crop(fmap, 2)
+        p = torch.softmax(z.reshape(3, 16, 4), dim=2).reshape(3, 16, 2, 2)   # per channel over the 2 x 2 cells
+        expected = branches._pool(branches.cm_center(z * p + z))
+        without = branches._pool(branches.cm_center(z))
+    torch.testing.assert_close(out["f_c"], expected, rtol=1e-5, atol=1e-6)
+    assert (out["f_c"] - without).abs().max() > 1e-3

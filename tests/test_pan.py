@@ -426,7 +426,7 @@ def test_occreid_masks_command_on_real_queries(real_data_root, tmp_path, monkeyp
     w, h = Image.open(out).size
     assert w == 48 + 4 * 64 and h == 5 * 130 + 14
     with pytest.raises(ValueError, match="has no masks"):
-        main(["masks", "--config-file", os.path.join(REPO, "projects", "BoT", "configs", "occluded_duke_osnet_x0_25_cpu.yml"),
+        main(["--debug", "masks", "--config-file", os.path.join(REPO, "projects", "BoT", "configs", "occluded_duke_osnet_x0_25_cpu.yml"),
               "--dataset", "OccludedDuke", "--num-queries", "2", "--out", str(tmp_path / "x.png")])
 
 
@@ -461,3 +461,19 @@ def test_learning_rate_schedule_drops_at_the_papers_epochs(name, milestones):
     assert lr_at_epoch_start[first] == pytest.approx(3.5e-5, rel=1e-3)
     assert lr_at_epoch_start[second - 1] == pytest.approx(3.5e-5, rel=1e-3)
     assert lr_at_epoch_start[second] == pytest.approx(3.5e-6, rel=1e-3)
+
+
+def test_global_branch_is_global_max_pooling_of_conv50():
+    """PAN's global feature: FC(GMP(F_g^3)), global *max* pooling of Conv50's map (Sec. 3.2), computed by hand from
+    the head's maps; average pooling gives another feature (issue 29: avg for max passed every test)."""
+    from occreid.layers.pan import PANHead
+    torch.manual_seed(0)
+    head = PANHead(8, 16, num_masks=3, global_dim=6, local_dim=4).eval()
+    maps = {"conv40": torch.randn(2, 8, 8, 4), "conv50": torch.randn(2, 16, 8, 4) * 2,
+            "conv41": torch.randn(2, 8, 8, 4), "conv51": torch.randn(2, 16, 8, 4)}
+    with torch.no_grad():
+        out = head(maps)
+        expected = maps["conv50"].flatten(2).max(dim=2).values @ head.global_fc.weight.t()
+        avg = maps["conv50"].flatten(2).mean(dim=2) @ head.global_fc.weight.t()
+    torch.testing.assert_close(out["global"], expected, rtol=1e-5, atol=1e-6)
+    assert (out["global"] - avg).abs().max() > 1e-2

@@ -2,9 +2,17 @@
 
 Toolbox-free: features come from any model. On disk a gallery index is a folder with
 
-- ``index.faiss``: an exact ``IndexFlatL2`` over the (l2-normalised, for ``metric="cosine"``) features;
-- ``meta.json``: format version, feature size, metric, ``model_hash`` (identifies the model that
-  made the features: config and weights), and per item ``path``, ``pid``, ``camid`` (``-1`` unknown).
+- ``index-<generation>.faiss``: an exact ``IndexFlatL2`` over the (l2-normalised, for ``metric="cosine"``)
+  features;
+- ``meta-<generation>.json``: format version, feature size, metric, ``model_hash`` (identifies the model that
+  made the features: config and weights), and per item ``path``, ``pid``, ``camid`` (``-1`` unknown);
+- ``manifest.json``: which index / metadata pair is the index (their names, the item count and the sha256 of
+  the index file).
+
+Writes cannot leave a half-written index: a save writes a new pair of files beside the old one (fsync'ed),
+then replaces ``manifest.json`` atomically (``os.replace``) and only then removes the old pair. A save that
+fails or is killed at any point leaves the previous manifest, which still names complete files. Folders of
+the first format (``index.faiss`` + ``meta.json``, no manifest) are still read.
 
 Loading checks the feature size and model hash of the query side against the file: a mismatch is an
 :class:`IndexMismatchError`, never a silent search in the wrong feature space.
@@ -24,8 +32,50 @@ from typing import List, Optional
 import numpy as np
 
 FORMAT_VERSION = 1
-INDEX_FILE = "index.faiss"
+INDEX_FILE = "index.faiss"       # the first format's names (no manifest), still read
 META_FILE = "meta.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def _fsync_write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def index_exists(folder: str) -> bool:
+    """True when ``folder`` holds a gallery index (a manifest, or the first format's ``meta.json``)."""
+    return os.path.isfile(os.path.join(folder, MANIFEST_FILE)) or os.path.isfile(os.path.join(folder, META_FILE))
+
+
+def check_finite(features: np.ndarray, name: str) -> None:
+    """Raise ValueError naming ``name`` and the first row when ``features`` (n, D) holds NaN or inf."""
+    bad = ~np.isfinite(features).all(axis=1) if features.size else np.zeros(0, dtype=bool)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{name}: {len(rows)} of {len(features)} rows contain NaN or inf (first: row {int(rows[0])}); "
+                         f"such a feature has no nearest neighbour")
 
 
 class IndexMismatchError(ValueError):
@@ -73,6 +123,7 @@ class GalleryIndex:
                              f"{len(self.camids)} camids")
         if self.metric not in ("euclidean", "cosine"):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
+        check_finite(self.features, "gallery features")
         if self.metric == "cosine":
             norms = np.linalg.norm(self.features, axis=1)
             if n and np.abs(norms - 1).max() > 1e-5:  # already unit vectors (e.g. loaded): keep bits
@@ -100,18 +151,44 @@ class GalleryIndex:
         return np.arange(start, start + len(new.paths), dtype=np.int64)
 
     def save(self, folder: str) -> None:
-        """Write ``index.faiss`` and ``meta.json`` into ``folder`` (created)."""
+        """Write the index into ``folder`` (created) without ever leaving a half-written index (module docstring):
+        a new ``index-<gen>.faiss`` + ``meta-<gen>.json`` pair, fsync'ed, then ``manifest.json`` replaced
+        atomically, then the files of the previous generation removed.
+
+        Raises:
+            TypeError: ``info`` holds a value JSON cannot write (nothing on disk is changed).
+            OSError: the folder cannot be written (the previous index stays loadable).
+        """
+        import uuid
+
         import faiss
-        os.makedirs(folder, exist_ok=True)
-        index = faiss.IndexFlatL2(self.dim)
-        index.add(self.features)
-        faiss.write_index(index, os.path.join(folder, INDEX_FILE))
         meta = {"format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
                 "model_hash": self.model_hash, "info": self.info,
                 "items": [{"path": p, "pid": int(i), "camid": int(c)}
                           for p, i, c in zip(self.paths, self.pids, self.camids)]}
-        with open(os.path.join(folder, META_FILE), "w") as f:
-            json.dump(meta, f, indent=1)
+        meta_bytes = json.dumps(meta, indent=1).encode()   # fails here, before any file is touched
+        os.makedirs(folder, exist_ok=True)
+        gen = uuid.uuid4().hex[:16]
+        index_name, meta_name = f"index-{gen}.faiss", f"meta-{gen}.json"
+        index = faiss.IndexFlatL2(self.dim)
+        index.add(self.features)
+        _fsync_write(os.path.join(folder, index_name), faiss.serialize_index(index).tobytes())
+        _fsync_write(os.path.join(folder, meta_name), meta_bytes)
+        manifest = {"format_version": FORMAT_VERSION, "index": index_name, "meta": meta_name,
+                    "count": len(self.paths), "dim": self.dim,
+                    "index_sha256": _sha256(os.path.join(folder, index_name))}
+        tmp = os.path.join(folder, f".{MANIFEST_FILE}.{gen}.tmp")
+        _fsync_write(tmp, json.dumps(manifest, indent=1).encode())
+        os.replace(tmp, os.path.join(folder, MANIFEST_FILE))   # the commit point
+        _fsync_dir(folder)
+        for name in os.listdir(folder):   # older generations, the first format's files, leftovers of killed writes
+            stale = (name.startswith(("index-", "meta-")) and name not in (index_name, meta_name)) \
+                or name in (INDEX_FILE, META_FILE) or (name.startswith(f".{MANIFEST_FILE}.") and name.endswith(".tmp"))
+            if stale:
+                try:
+                    os.remove(os.path.join(folder, name))
+                except OSError:
+                    pass
 
     @classmethod
     def load(cls, folder: str, expected_model_hash: Optional[str] = None,
@@ -124,12 +201,29 @@ class GalleryIndex:
             IndexMismatchError: ``expected_model_hash`` / ``expected_dim`` differ from the file's.
         """
         import faiss
-        index_path, meta_path = os.path.join(folder, INDEX_FILE), os.path.join(folder, META_FILE)
+        manifest_path = os.path.join(folder, MANIFEST_FILE)
+        manifest = None
+        if os.path.isfile(manifest_path):
+            try:
+                with open(manifest_path) as f:
+                    manifest = json.load(f)
+                index_path = os.path.join(folder, manifest["index"])
+                meta_path = os.path.join(folder, manifest["meta"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{manifest_path} is not a gallery manifest ({e}); rebuild the index") from None
+        else:
+            index_path, meta_path = os.path.join(folder, INDEX_FILE), os.path.join(folder, META_FILE)
         for p in (index_path, meta_path):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"gallery index file not found: {p}")
-        with open(meta_path) as f:
-            meta = json.load(f)
+        if manifest is not None and manifest.get("index_sha256") and _sha256(index_path) != manifest["index_sha256"]:
+            raise ValueError(f"{index_path} does not match its manifest's checksum (the file was changed or "
+                             f"damaged after it was written); rebuild the index")
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{meta_path} is not valid JSON ({e}); rebuild the index") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
         if expected_dim is not None and int(meta["dim"]) != int(expected_dim):
@@ -164,11 +258,17 @@ class GalleryIndex:
             or, re-ranked, Zhong's final distance.
         Raises:
             IndexMismatchError: the query feature size differs from the index's.
+            ValueError: ``topk`` is not a positive integer, the index is empty, or a query row holds NaN / inf
+                (names the row).
         """
         import faiss
         q = np.ascontiguousarray(query_features, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise IndexMismatchError(f"query features of shape {q.shape} for a {self.dim}-d index")
+        check_topk(topk)
+        if not self.paths:
+            raise ValueError("the gallery index is empty: add gallery images before searching")
+        check_finite(q, "query features")
         if self.metric == "cosine":
             q = _normalize(q)
         topk = min(topk, len(self.paths))
@@ -180,11 +280,22 @@ class GalleryIndex:
             index.add(self.features)
             dist, idx = index.search(q, topk)
             dist = np.sqrt(np.maximum(dist, 0))
-        return [SearchResult(i, d, [self.paths[j] for j in i], [self.pids[j] for j in i],
-                             [self.camids[j] for j in i]) for i, d in zip(idx, dist)]
+        out = []
+        for i, d in zip(idx, dist):
+            keep = i >= 0   # faiss marks missing results with -1: never an item (the last one, by Python indexing)
+            i, d = i[keep], d[keep]
+            out.append(SearchResult(i, d, [self.paths[j] for j in i], [self.pids[j] for j in i],
+                                    [self.camids[j] for j in i]))
+        return out
 
 
 BACKENDS = ("faiss", "milvus")
+
+
+def check_topk(topk) -> None:
+    """Raise ValueError unless ``topk`` is a positive integer (results per query)."""
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise ValueError(f"topk must be a positive integer (results per query), got {topk!r}")
 
 
 def open_gallery_index(location: Optional[str] = None, backend: str = "faiss", uri: Optional[str] = None,
@@ -224,29 +335,31 @@ def write_gallery_index(gallery: GalleryIndex, location: Optional[str] = None, b
 
     Args:
         location, backend, uri, token: as in :func:`open_gallery_index`.
-        if_exists: what to do with an index already there: ``"overwrite"`` (the faiss default: the folder's
-            files are rewritten), ``"error"`` (the milvus default: a shared collection is never replaced
-            silently) or ``"append"`` (open it, checked against ``gallery``'s model hash and feature size,
-            and add the items).
+        if_exists: what to do with an index already there: ``"error"`` (the default for both backends: an index is
+            never replaced silently), ``"overwrite"`` (replace it; the faiss folder is replaced atomically) or
+            ``"append"`` (open it, checked against ``gallery``'s model hash, feature size and metric, and add the
+            items).
     Returns:
         the written index (:class:`GalleryIndex` or ``MilvusGalleryIndex``).
     Raises:
         FileExistsError: ``if_exists="error"`` and the index exists; IndexMismatchError: appending another
-        model's features; ValueError: unknown backend or ``if_exists``.
+        model's features or another metric; ValueError: unknown backend or ``if_exists``.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if_exists = if_exists or ("overwrite" if backend == "faiss" else "error")
+    if_exists = if_exists or "error"
     if if_exists not in ("overwrite", "error", "append"):
         raise ValueError(f"if_exists must be 'overwrite', 'error' or 'append', got {if_exists!r}")
     if backend == "faiss":
         if not location:
             raise ValueError("the faiss backend needs the index folder")
-        exists = os.path.isfile(os.path.join(location, META_FILE))
+        exists = index_exists(location)
         if exists and if_exists == "error":
-            raise FileExistsError(f"gallery index already exists: {location}")
+            raise FileExistsError(f"gallery index already exists: {location} (append to it or overwrite it)")
         if exists and if_exists == "append":
             old = GalleryIndex.load(location, expected_model_hash=gallery.model_hash, expected_dim=gallery.dim)
+            if old.metric != gallery.metric:
+                raise IndexMismatchError(f"{location} uses metric {old.metric!r}, the new items {gallery.metric!r}")
             old.add(gallery.features, gallery.paths, gallery.pids, gallery.camids)
             gallery = old
         gallery.save(location)

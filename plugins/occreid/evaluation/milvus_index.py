@@ -35,7 +35,7 @@ from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 
-from .gallery import GalleryIndex, IndexMismatchError, SearchResult, _normalize
+from .gallery import GalleryIndex, IndexMismatchError, SearchResult, _normalize, check_finite, check_topk
 
 FORMAT_VERSION = 1
 DEFAULT_COLLECTION = "occreid_gallery"
@@ -254,9 +254,39 @@ class MilvusGalleryIndex:
             raise IndexMismatchError(f"features of shape {gi.features.shape} for the {self.dim}-d {self.where}")
         _check_paths(gi.paths)
         self._check(_read_meta(self.client, self.uri, self.collection))
-        start = len(self)
+        start = self._next_id()
         self._insert(start, gi)
         return np.arange(start, start + len(gi.paths), dtype=np.int64)
+
+    def _count(self, flt: str) -> int:
+        rows = self.client.query(self.collection, filter=flt, output_fields=["count(*)"], consistency_level="Strong")
+        return int(rows[0]["count(*)"])
+
+    def _next_id(self) -> int:
+        """1 + the largest id in the collection (0 when empty), found by count queries (an exponential then a
+        binary search on ``id >= x``): new rows never reuse the id of a row that exists, whatever another client
+        deleted (row count != largest id + 1 after a delete)."""
+        if self._count("") == 0:
+            return 0
+        lo, hi = 0, max(1, len(self))        # invariant: some id >= lo exists
+        while self._count(f"id >= {hi}") > 0:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:                   # some id >= lo, none >= hi
+            mid = (lo + hi) // 2
+            if self._count(f"id >= {mid}") > 0:
+                lo = mid
+            else:
+                hi = mid
+        return lo + 1
+
+    def ids(self) -> np.ndarray:
+        """All ids of the collection, sorted (0 .. len - 1 unless rows were deleted)."""
+        end, out, window = self._next_id(), [], MAX_TOPK // 4
+        for a in range(0, end, window):
+            rows = self.client.query(self.collection, filter=f"id >= {a} and id < {a + window}", limit=window,
+                                     output_fields=["id"], consistency_level="Strong")
+            out.extend(int(r["id"]) for r in rows)
+        return np.array(sorted(out), dtype=np.int64)
 
     def _insert(self, start: int, gi: GalleryIndex) -> None:
         n = len(gi.paths)
@@ -272,13 +302,13 @@ class MilvusGalleryIndex:
         """Rows of the collection as an in-memory :class:`GalleryIndex` (same metric, model hash, info).
 
         Args:
-            ids: gallery indices to fetch, in that order; ``None``: all rows, ``0 .. len - 1``.
+            ids: gallery indices to fetch, in that order; ``None``: all rows, in id order (:meth:`ids`).
         Returns:
             a :class:`GalleryIndex` whose row ``i`` is ``ids[i]`` (its features are the stored float32 bits).
         Raises:
             KeyError: an id is not in the collection.
         """
-        ids = np.arange(len(self), dtype=np.int64) if ids is None else np.asarray(list(ids), dtype=np.int64)
+        ids = self.ids() if ids is None else np.asarray(list(ids), dtype=np.int64)
         got = {}
         uniq = np.unique(ids)
         for s in range(0, len(uniq), MAX_TOPK // 4):
@@ -316,14 +346,24 @@ class MilvusGalleryIndex:
         Raises:
             IndexMismatchError: the query feature size differs from the collection's, or the collection was
                 rebuilt with another model / feature size since it was opened.
-            ValueError: ``topk`` above 16,384 without ``rerank``.
+            ValueError: ``topk`` not a positive integer or above 16,384 without ``rerank``; a query row with NaN /
+                inf (names the row); an empty collection.
         """
         q = np.ascontiguousarray(query_features, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise IndexMismatchError(f"query features of shape {q.shape} for the {self.dim}-d {self.where}")
+        check_topk(topk)
+        check_finite(q, "query features")
         self._check(_read_meta(self.client, self.uri, self.collection))
+        if len(self) == 0:
+            raise ValueError(f"{self.where} is empty: add gallery images before searching")
         if rerank:
-            return self.fetch().search(q, topk=topk, rerank=True, k1=k1, k2=k2, lambda_value=lambda_value)
+            gallery = self.fetch()
+            ids = self.ids()
+            res = gallery.search(q, topk=topk, rerank=True, k1=k1, k2=k2, lambda_value=lambda_value)
+            for r in res:   # positions in the fetched gallery -> the collection's ids
+                r.indices = ids[r.indices]
+            return res
         topk = min(int(topk), len(self))
         if topk > MAX_TOPK:
             raise ValueError(f"topk {topk} above Milvus' limit of {MAX_TOPK} results per query")

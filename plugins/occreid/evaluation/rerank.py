@@ -60,6 +60,10 @@ METRICS = ("euclidean", "cosine")
 SEARCHES = ("exact", "faiss", "ivf", "hnsw")
 
 
+#: the largest squared feature norm whose squared distances |a|^2 + |b|^2 - 2 a.b stay finite in float32
+_MAX_SQ_NORM = float(np.finfo(np.float32).max) / 8
+
+
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     """``x`` as a detached, contiguous (n, D) float32 tensor on its own device, or a clear error.
 
@@ -69,7 +73,8 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     Raises:
         TypeError: not an array / tensor, or a bool / complex / object dtype.
         ValueError: not 2-D, no rows or no columns, or NaN / inf in any row (after the float32 conversion;
-            one such row would turn every re-ranked distance into NaN): says how many rows and the first.
+            one such row would turn every re-ranked distance into NaN): says how many rows and the first; or a row
+            so large that squared distances overflow float32 (names the row).
     """
     if isinstance(x, np.ndarray):
         if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
@@ -96,6 +101,13 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
         rows = np.flatnonzero(bad)
         raise ValueError(f"{name}: {len(rows)} of {x.shape[0]} rows contain NaN or inf (as float32; first: row "
                          f"{int(rows[0])}); one such row would make every re-ranked distance NaN")
+    norms = torch.linalg.vector_norm(x, dim=1)   # inf when the squared norm overflows float32
+    if not float(norms.max()) <= _MAX_SQ_NORM ** 0.5:
+        row = int(torch.nan_to_num(norms, posinf=float("inf")).argmax())
+        sq = float(x[row].double().pow(2).sum())
+        raise ValueError(f"{name}: row {row} has a squared norm of {sq:.3g}, too large for float32 "
+                         f"squared distances (at most {_MAX_SQ_NORM:.3g}); scale the features down (or l2-normalise "
+                         f"them, metric='cosine')")
     return x
 
 
@@ -499,7 +511,8 @@ class _Reranker:
 
     def __init__(self, query_features, gallery_features, k1, k2, lambda_value, metric, mode, search,
                  block, progress, base_distance=None, device=None, backend="auto", keep_qg=False,
-                 **search_kwargs):
+                 nlist=None, nprobe=16, hnsw_m=32, max_sample=8192, seed=0):
+        search_kwargs = dict(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, max_sample=max_sample, seed=seed)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if metric not in METRICS:
@@ -617,7 +630,8 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
                lambda_value: float = 0.3, metric: str = "euclidean", mode: str = "zhong",
                search: str = "exact", base_distance: Optional[np.ndarray] = None, block: int = 2048,
                chunk: int = 1024, progress: bool = False, device: Optional[str] = None, backend: str = "auto",
-               **search_kwargs) -> np.ndarray:
+               nlist: Optional[int] = None, nprobe: int = 16, hnsw_m: int = 32, max_sample: int = 8192,
+               seed: int = 0) -> np.ndarray:
     """k-reciprocal re-ranked query x gallery distance (Zhong et al. CVPR 2017, Eq. 12).
 
     Args:
@@ -642,6 +656,8 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
             there, or a GPU pass that fails, falls back to the CPU with a ``RuntimeWarning``, never an error.
         backend: ``"auto"`` (torch products on CUDA, NumPy's BLAS on the CPU), ``"torch"`` (torch everywhere: the
             GPU code path, which the tests run on the CPU), ``"numpy"``.
+        nlist, nprobe, hnsw_m, max_sample, seed: the approximate searches' settings (:func:`faiss_neighbour_pass`;
+            unused by ``search="exact"``). Any other keyword (a typo such as ``lamda_value``) is a ``TypeError``.
     Returns:
         (q, g) float32 numpy array; smaller is more similar.
     Raises:
@@ -657,7 +673,8 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
     """
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
                    progress, base_distance, device=device, backend=backend,
-                   keep_qg=base_distance is None, **search_kwargs)
+                   keep_qg=base_distance is None, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                   max_sample=max_sample, seed=seed)
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     # the q x g distances kept from the exact pass become the output, chunk by chunk (each chunk reads its rows first)
@@ -672,7 +689,8 @@ def re_ranking_topk(query_features: ArrayLike, gallery_features: ArrayLike, topk
                     k2: int = 6, lambda_value: float = 0.3, metric: str = "euclidean", mode: str = "zhong",
                     search: str = "exact", block: int = 2048, chunk: int = 256, progress: bool = False,
                     base_distance=None, device: Optional[str] = None, backend: str = "auto",
-                    **search_kwargs) -> Tuple[np.ndarray, np.ndarray]:
+                    nlist: Optional[int] = None, nprobe: int = 16, hnsw_m: int = 32, max_sample: int = 8192,
+                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """The ``topk`` gallery items per query under the re-ranked distance, without any (q, g) array.
 
     Same arguments as :func:`re_ranking` (``base_distance``: best a callable, so that no (q, g) array is made,
@@ -683,7 +701,8 @@ def re_ranking_topk(query_features: ArrayLike, gallery_features: ArrayLike, topk
         float32 re-ranked distances.
     """
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
-                   progress, base_distance, device=device, backend=backend, **search_kwargs)
+                   progress, base_distance, device=device, backend=backend, nlist=nlist, nprobe=nprobe,
+                   hnsw_m=hnsw_m, max_sample=max_sample, seed=seed)
     topk = min(topk, rr.g)
     chunk = max(1, min(chunk, (1 << 25) // max(rr.g, 1)))  # at most ~2^25 distances per chunk
     idx = np.empty((rr.q, topk), dtype=np.int64)

@@ -47,6 +47,8 @@ def _setup_cfg(args):
     from fastreid.config import get_cfg
     from occreid.fastreid import add_occreid_config, expand_config_paths
 
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"config file not found: {args.config_file} (--config-file)")
     cfg = add_occreid_config(get_cfg())
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
@@ -83,30 +85,81 @@ def model_hash(cfg):
 def build_feature_model(cfg):
     """The FastReID model of ``cfg`` in eval mode, with ``MODEL.WEIGHTS`` checked and loaded."""
     from fastreid.modeling import build_model
-    from occreid.fastreid.trainer import load_checked_weights
+    from occreid.fastreid.trainer import channels_last_enabled, load_checked_weights, use_channels_last
 
     model = build_model(cfg)
+    if channels_last_enabled(cfg):
+        use_channels_last(model)
     if cfg.MODEL.WEIGHTS:
         load_checked_weights(model, cfg.MODEL.WEIGHTS)
     return model.eval()
 
 
-@torch.no_grad()
-def extract_features(cfg, model, items, batch_size=64, num_workers=2, desc="features"):
-    """(n, D) float32 features of ``items`` (``(path, pid, camid)``), with a progress bar."""
+class _ReadOrReport(torch.utils.data.Dataset):
+    """A ReIDImageDataset whose unreadable images come back as ``{"bad": path, "error": message}`` instead of an
+    exception inside a loader worker (whose traceback would bury the file name)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        try:
+            return self.ds[i]
+        except Exception as e:  # noqa: BLE001 - reported per file in the main process
+            return {"bad": self.ds.img_items[i][0], "error": str(e.__cause__ or e).splitlines()[0][:200], "index": i}
+
+
+def _collate(batch):
     from fastreid.data.build import fast_batch_collator
-    from fastreid.data.transforms import build_transforms
+    good = [b for b in batch if "bad" not in b]
+    return (fast_batch_collator(good) if good else None), [b for b in batch if "bad" in b]
+
+
+@torch.no_grad()
+def extract_features_checked(cfg, model, items, batch_size=64, num_workers=2, desc="features", skip_bad=False):
+    """Features of ``items`` (``(path, pid, camid)``), with a progress bar; the model runs channels-last when
+    ``MODEL.CHANNELS_LAST`` says so.
+
+    Returns: ``(features (n', D) float32, kept items (n'), skipped paths)``; n' = n unless ``skip_bad``.
+    Raises: RuntimeError naming the first image that cannot be read (``skip_bad=False``)."""
     from occreid.fastreid import ReIDImageDataset
+    from occreid.fastreid.trainer import build_test_transforms
     from tqdm import tqdm
 
-    ds = ReIDImageDataset(items, build_transforms(cfg, is_train=False), relabel=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=fast_batch_collator)
-    feats = []
-    for batch in tqdm(loader, desc=desc, unit="batch"):
-        batch["images"] = batch["images"].to(model.device)
-        feats.append(model(batch).float().cpu())
-    return torch.cat(feats).numpy()
+    ds = _ReadOrReport(ReIDImageDataset(items, build_test_transforms(cfg), relabel=False))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    feats, bad = [], {}
+    for batch, failed in tqdm(loader, desc=desc, unit="batch"):
+        for f in failed:
+            if not skip_bad:
+                raise RuntimeError(f"cannot read image {f['bad']} ({f['error']}); --skip-bad-images skips such "
+                                   f"files and lists them")
+            bad[f["index"]] = f["bad"]
+        if batch is not None:
+            batch["images"] = batch["images"].to(model.device)
+            feats.append(model(batch).float().cpu())
+    if not feats:
+        raise ValueError(f"no readable image among the {len(items)} given")
+    kept = [it for i, it in enumerate(items) if i not in bad]
+    return torch.cat(feats).numpy(), kept, [bad[i] for i in sorted(bad)]
+
+
+def extract_features(cfg, model, items, batch_size=64, num_workers=2, desc="features"):
+    """(n, D) float32 features of ``items`` (``(path, pid, camid)``), with a progress bar. Raises RuntimeError
+    naming an image that cannot be read."""
+    return extract_features_checked(cfg, model, items, batch_size, num_workers, desc)[0]
+
+
+def _extract(args, cfg, model, items, desc):
+    feats, kept, skipped = extract_features_checked(cfg, model, items, args.batch_size, args.num_workers, desc,
+                                                    skip_bad=getattr(args, "skip_bad_images", False))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): " + ", ".join(skipped[:10])
+              + (" ..." if len(skipped) > 10 else ""), file=sys.stderr)
+    return feats, kept
 
 
 def _items(args, cfg, default_split):
@@ -161,6 +214,11 @@ def cmd_index(args):
     if args.append and args.overwrite:
         raise ValueError("give --append or --overwrite, not both")
     if_exists = "append" if args.append else "overwrite" if args.overwrite else None
+    if args.backend == "faiss" and if_exists is None:   # fail before extracting features
+        from occreid.evaluation.gallery import index_exists
+        if index_exists(location):
+            raise FileExistsError(f"gallery index {location} already exists: --append adds to it, --overwrite "
+                                  f"replaces it")
     if args.backend == "milvus" and if_exists is None:  # fail before extracting features
         from occreid.evaluation.milvus_index import connect, safe_uri
         client = connect(args.uri, args.token)
@@ -172,7 +230,7 @@ def cmd_index(args):
     cfg = _setup_cfg(args)
     items = _items(args, cfg, "gallery")
     model = build_feature_model(cfg)
-    feats = extract_features(cfg, model, items, args.batch_size, args.num_workers, desc="gallery features")
+    feats, items = _extract(args, cfg, model, items, "gallery features")
     gi = GalleryIndex(feats, [i[0] for i in items], [int(i[1]) for i in items], [int(i[2]) for i in items],
                       metric="cosine" if cfg.TEST.METRIC == "cosine" else "euclidean",
                       model_hash=model_hash(cfg),
@@ -190,13 +248,15 @@ def cmd_search(args):
     from occreid.evaluation.gallery import open_gallery_index
     from occreid.evaluation.visualize import draw_rank_lists, match_kind, write_rank_html
 
+    from occreid.evaluation.gallery import check_topk
+    check_topk(args.topk)
     location = _backend_location(args, args.index)
     cfg = _setup_cfg(args)
+    model = build_feature_model(cfg)   # a bad --weights file is reported as such, before the index's model check
     gi = open_gallery_index(location, backend=args.backend, uri=args.uri, token=args.token,
                             expected_model_hash=model_hash(cfg))
     items = _items(args, cfg, "query")
-    model = build_feature_model(cfg)
-    feats = extract_features(cfg, model, items, args.batch_size, args.num_workers, desc="query features")
+    feats, items = _extract(args, cfg, model, items, "query features")
     results = gi.search(feats, topk=args.topk, rerank=args.rerank)
     queries = [{"path": p, "pid": int(pid), "camid": int(cam)} for p, pid, cam in items]
     hits = []
@@ -220,7 +280,7 @@ def cmd_search(args):
 @torch.no_grad()
 def cmd_masks(args):
     from fastreid.data.build import fast_batch_collator
-    from fastreid.data.transforms import build_transforms
+    from occreid.fastreid.trainer import build_test_transforms
     from occreid.evaluation.masks import draw_mask_grid
     from occreid.fastreid import ReIDImageDataset
 
@@ -231,7 +291,7 @@ def cmd_masks(args):
     items = _items(args, cfg, default_split="query")
     if not getattr(args, "num_queries", 0):
         items = items[:12]
-    ds = ReIDImageDataset(items, build_transforms(cfg, is_train=False), relabel=False)
+    ds = ReIDImageDataset(items, build_test_transforms(cfg), relabel=False)
     batch = fast_batch_collator([ds[i] for i in range(len(ds))])
     batch["images"] = batch["images"].to(model.device)
     masks = model.masks(batch).float().cpu().numpy()
@@ -242,7 +302,7 @@ def cmd_masks(args):
 
 def cmd_saliency(args):
     from fastreid.data.build import fast_batch_collator
-    from fastreid.data.transforms import build_transforms
+    from occreid.fastreid.trainer import build_test_transforms
     from PIL import Image
     from occreid.data.occlusion import OcclusionSimulator
     from occreid.evaluation.saliency import draw_saliency_grid, grad_cam_maps
@@ -265,7 +325,7 @@ def cmd_saliency(args):
         if sim is not None:
             pil.append(sim.occlude_path_deterministic(os.path.basename(path), img))
             names.append("occluded")
-    transform = build_transforms(cfg, is_train=False)
+    transform = build_test_transforms(cfg)
     images = torch.stack([transform(im) for im in pil]).to(model.device)
     maps = grad_cam_maps(model, images)
     out = draw_saliency_grid(pil, maps, args.out, captions=names, columns_per_group=2 if sim else 1)
@@ -277,7 +337,7 @@ def cmd_saliency(args):
 def cmd_part_maps(args):
     import random
     from fastreid.data.build import fast_batch_collator
-    from fastreid.data.transforms import build_transforms
+    from occreid.fastreid.trainer import build_test_transforms
     from occreid.evaluation.part_maps import draw_part_maps, part_match_rows
     from occreid.fastreid import ReIDImageDataset
     from occreid.fastreid.amdnet import amd_distance
@@ -298,7 +358,7 @@ def cmd_part_maps(args):
         own = [g for g in data.gallery if g[1] in pids]
         rest = [g for g in data.gallery if g[1] not in pids]
         gallery = own + random.Random(0).sample(rest, min(args.gallery_size, len(rest)))
-    ds = ReIDImageDataset(queries, build_transforms(cfg, is_train=False), relabel=False)
+    ds = ReIDImageDataset(queries, build_test_transforms(cfg), relabel=False)
     batch = fast_batch_collator([ds[i] for i in range(len(ds))])
     batch["images"] = batch["images"].to(model.device)
     maps = model.attention_maps(dict(batch, images=batch["images"].clone()))
@@ -358,6 +418,7 @@ def cmd_export(args):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="occreid", description=__doc__.split("\n\n")[0])
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (default: one line)")
     sub = p.add_subparsers(dest="command", required=True)
     for name, fn in (("index", cmd_index), ("search", cmd_search), ("masks", cmd_masks), ("saliency", cmd_saliency),
                      ("part-maps", cmd_part_maps)):
@@ -371,6 +432,9 @@ def build_parser():
         s.add_argument("--batch-size", type=int, default=64)
         s.add_argument("--num-workers", type=int, default=2)
         if name in ("index", "search"):
+            s.add_argument("--skip-bad-images", action="store_true",
+                           help="skip images that cannot be read (listed on stderr) instead of stopping")
+        if name in ("index", "search"):
             s.add_argument("--backend", default="faiss", choices=["faiss", "milvus"],
                            help="faiss: a folder, searched in-process (default); milvus: a Milvus collection "
                                 "(pip install occreid[milvus])")
@@ -379,11 +443,11 @@ def build_parser():
             s.add_argument("--token", default=os.environ.get("MILVUS_TOKEN", ""),
                            help="milvus: user:password or API key (default: $MILVUS_TOKEN)")
         if name == "index":
-            s.add_argument("--out", help="faiss: folder to write index.faiss + meta.json")
+            s.add_argument("--out", help="faiss: folder to write the index into (manifest.json + index / metadata files)")
             s.add_argument("--append", action="store_true",
                            help="add to an existing index (same model and feature size, checked)")
             s.add_argument("--overwrite", action="store_true",
-                           help="milvus: replace an existing collection (faiss folders are always rewritten)")
+                           help="replace an existing index (faiss: atomically; milvus: the collection)")
         elif name == "saliency":
             s.add_argument("--num-queries", type=int, default=8, help="with --dataset: use N images")
             s.add_argument("--occlude-area", type=float, default=0.305,
@@ -433,10 +497,30 @@ def build_parser():
     return p
 
 
+def format_error(e: BaseException) -> str:
+    """One line for an error of the command line: the message (which names the file or key and what to do)."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    msg = " ".join(msg.split()) or type(e).__name__
+    if "Non-existent config key" in msg or "Non-existent key" in msg:   # yacs, from a file / from KEY VALUE
+        msg += " (a typo? the keys are listed in the config files under configs/ and projects/)"
+    return msg
+
+
 def main(argv=None):
+    """Run one ``occreid`` command. Errors print one line, ``occreid: error: <message>``, and return 1;
+    ``--debug`` (before the command) raises them with their traceback instead."""
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except KeyboardInterrupt:
+        print("occreid: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the command line's one-line errors
+        if args.debug:
+            raise
+        print(f"occreid: error: {format_error(e)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

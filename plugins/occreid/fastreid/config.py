@@ -30,6 +30,12 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
 ``MODEL.CHANNELS_LAST`` (``"auto"`` | ``"on"`` | ``"off"``)
     feed the backbone channels-last (NHWC) input (:func:`occreid.fastreid.trainer.use_channels_last`); "auto" is
     on for the CPU (1.5-2x there, benchmarks/results/throughput_cpu.md) and off on CUDA (not measured there).
+``DATALOADER.CACHE_DIR`` (str, "" = off)
+    evaluate from a decoded-image cache in this folder (:class:`occreid.data.image_cache.DecodedImageCache`:
+    query and gallery decoded and resized once, uint8, memory-mapped; about 2 GB for Occluded-Duke at 256 x 128).
+``INPUT.TEST_INTERPOLATION`` (``"bicubic"`` | ``"bilinear"``)
+    the test resize's interpolation (:func:`occreid.fastreid.trainer.build_test_transforms`): FastReID's bicubic, or
+    TorchReID's bilinear for weights trained with TorchReID (the zoo configs).
 ``TEST.FROZEN_BACKBONE`` (``"auto"`` | ``"on"`` | ``"off"``)
     evaluate with the backbone traced, frozen and optimised for inference by TorchScript
     (:func:`occreid.fastreid.trainer.frozen_backbone`); "auto" is on for the CPU and off on CUDA.
@@ -71,6 +77,10 @@ def add_occreid_config(cfg):
         cfg.SOLVER.BUDGET_IMAGES = 0
     if "CHANNELS_LAST" not in cfg.MODEL:
         cfg.MODEL.CHANNELS_LAST = "auto"
+    if "CACHE_DIR" not in cfg.DATALOADER:
+        cfg.DATALOADER.CACHE_DIR = ""
+    if "TEST_INTERPOLATION" not in cfg.INPUT:
+        cfg.INPUT.TEST_INTERPOLATION = "bicubic"
     if "FROZEN_BACKBONE" not in cfg.TEST:
         cfg.TEST.FROZEN_BACKBONE = "auto"
     if "SEED" not in cfg:

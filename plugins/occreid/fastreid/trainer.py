@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import os
+import pickle
 import time
 import warnings
 
@@ -60,6 +61,17 @@ logger = logging.getLogger(__name__)
 #: FastReID's EmbeddingHead ``heads.weight`` and any module named ``*classifier`` / ``*classifiers`` (OCNet's
 #: ``classifiers``, SGR's ``classifier`` and ``rp_classifier``).
 CLASSIFIER_KEYS = ("heads.weight",)
+
+
+class UnknownDatasetError(KeyError):
+    """A dataset name that is not in FastReID's DATASET registry; ``str()`` is the message itself."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsafeCheckpointError(ValueError, pickle.UnpicklingError):
+    """A checkpoint file that is not one, or that would need unpickling arbitrary objects (refused)."""
 
 
 def is_classifier_key(key):
@@ -152,6 +164,25 @@ def frozen_backbone(model, size, channels_last=True):
         backbone.train(was_training)
 
 
+TEST_INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+def build_test_transforms(cfg):
+    """FastReID's test transforms (``build_transforms(cfg, is_train=False)``: resize to ``INPUT.SIZE_TEST``, to
+    tensor) with the resize's interpolation from ``INPUT.TEST_INTERPOLATION``: "bicubic" (FastReID's) or "bilinear"
+    (TorchReID's, for TorchReID-trained weights such as the model-zoo OSNet). Raises ValueError naming the key."""
+    from torchvision.transforms import InterpolationMode, Resize
+    mode = str(cfg.INPUT.TEST_INTERPOLATION).lower()
+    if mode not in TEST_INTERPOLATIONS:
+        raise ValueError(f"INPUT.TEST_INTERPOLATION must be one of {TEST_INTERPOLATIONS}, got "
+                         f"{cfg.INPUT.TEST_INTERPOLATION!r}")
+    tf = build_transforms(cfg, is_train=False)
+    for t in tf.transforms:
+        if isinstance(t, Resize):
+            t.interpolation = InterpolationMode.BILINEAR if mode == "bilinear" else InterpolationMode.BICUBIC
+    return tf
+
+
 def datasets_root():
     """The datasets root: ``$FASTREID_DATASETS`` now, else what FastReID read at import, else ``datasets``."""
     return os.getenv("FASTREID_DATASETS", _fastreid_root)
@@ -166,6 +197,29 @@ class ReIDImageDataset(CommDataset):
             return super().__getitem__(index)
         except Exception as e:  # PIL / OSError / decoding errors carry no path
             raise RuntimeError(f"cannot read image {self.img_items[index][0]}: {e}") from e
+
+
+class CachedReIDImageDataset(ReIDImageDataset):
+    """A test set read from a :class:`occreid.data.image_cache.DecodedImageCache` (``DATALOADER.CACHE_DIR``): the
+    images decoded and resized once; the transforms after the resize (to tensor) run per item. Same tensors as
+    :class:`ReIDImageDataset` with the same transforms (tests/test_throughput.py)."""
+
+    def __init__(self, img_items, transform, cache_dir):
+        from torchvision.transforms import Compose, Resize
+        from fastreid.data.data_utils import read_image
+        from occreid.data.image_cache import DecodedImageCache
+        steps = list(transform.transforms)
+        if not steps or not isinstance(steps[0], Resize):
+            raise ValueError("DATALOADER.CACHE_DIR: the test transforms must start with a resize")
+        resize, size = steps[0], steps[0].size
+        super().__init__(img_items, Compose(steps[1:]), relabel=False)
+        self.cache = DecodedImageCache([it[0] for it in img_items], tuple(size), cache_dir, read_image, resize,
+                                       repr(resize))
+
+    def __getitem__(self, index):
+        index = seeded_index(index)
+        path, pid, camid = self.img_items[index]
+        return {"images": self.transform(self.cache[index]), "targets": pid, "camids": camid, "img_paths": path}
 
 
 def unwrap_model(model):
@@ -184,13 +238,27 @@ def read_state_dict(path):
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file holds no state dict (names the file).
+        UnsafeCheckpointError: the file is not a checkpoint, or holds pickled objects other than tensors and
+            plain containers (never unpickled).
+        ValueError: the file is not a PyTorch checkpoint or holds no state dict (names the file).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     from fastreid.utils.checkpoint import _checkpoint_safe_globals  # added by our fastreid patch 0003
-    with torch.serialization.safe_globals(_checkpoint_safe_globals()):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, the unsafe load: never repeat it
+        if "Unsupported global" in str(e) or "not an allowed global" in str(e):
+            raise UnsafeCheckpointError(
+                f"checkpoint {path} holds Python objects other than tensors and plain containers; occreid never "
+                f"unpickles such objects (they can run code). Save the weights as a state dict "
+                f"(torch.save({{'model': model.state_dict()}}, path))") from None
+        raise UnsafeCheckpointError(f"{path} is not a PyTorch checkpoint (it does not unpickle as one)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else 'unreadable'})") from None
     fmt, state = "state_dict", ckpt
     if isinstance(ckpt, dict):
         for key, name in (("model", "fastreid"), ("state_dict", "torchreid")):
@@ -395,6 +463,14 @@ class OccReIDTrainer(DefaultTrainer):
 
     @classmethod
     def _load_dataset(cls, cfg, name):
+        """The dataset ``name`` of FastReID's DATASET registry under :func:`datasets_root`.
+
+        Raises:
+            KeyError: no dataset of that name (lists the registered names)."""
+        if name not in DATASET_REGISTRY._obj_map:
+            raise UnknownDatasetError(
+                f"no dataset named {name!r} (DATASETS.NAMES / DATASETS.TESTS / --dataset); registered: "
+                f"{', '.join(sorted(DATASET_REGISTRY._obj_map))}")
         return DATASET_REGISTRY.get(name)(root=datasets_root(), combineall=cfg.DATASETS.COMBINEALL)
 
     @classmethod
@@ -452,7 +528,10 @@ class OccReIDTrainer(DefaultTrainer):
         elif comm.is_main_process():
             data.show_test()
         query, gallery = occluded_splits(cfg, dataset_name, query, gallery)
-        test_set = ReIDImageDataset(query + gallery, build_transforms(cfg, is_train=False), relabel=False)
+        if cfg.DATALOADER.CACHE_DIR:
+            test_set = CachedReIDImageDataset(query + gallery, build_test_transforms(cfg), cfg.DATALOADER.CACHE_DIR)
+        else:
+            test_set = ReIDImageDataset(query + gallery, build_test_transforms(cfg), relabel=False)
         return build_reid_test_loader(test_set=test_set, test_batch_size=cfg.TEST.IMS_PER_BATCH,
                                       num_query=len(query), num_workers=cfg.DATALOADER.NUM_WORKERS)
 
