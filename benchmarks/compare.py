@@ -296,6 +296,65 @@ def chart(proto, path):
     plt.close(fig)
 
 
+def ladder(protocols, out_png, out_md):
+    """The budget ladder: headline rows of several protocols (one per budget) against images seen.
+
+    Writes a PNG (Rank-1 and mAP against images seen, log axis, one line per row, the floor rows as horizontal
+    lines) and a Markdown table (per row and budget: mean Rank-1 / mAP over the seeds run, and the difference
+    to BoT at the same budget). Returns the table text."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, floors = {}, {}
+    for proto in protocols:
+        runs = collect(proto)
+        rows = {r["name"]: r for r in proto["rows"]}
+        for name, recs in runs.items():
+            ms = [next(iter(r["metrics"].values())) for r in recs]
+            r1, mp = mean_std([m["Rank-1"] for m in ms]), mean_std([m["mAP"] for m in ms])
+            if rows[name].get("group") == "floor":
+                floors[name] = (r1[0], mp[0])
+            elif rows[name].get("group", "headline") == "headline":
+                points.setdefault(name, {})[proto["budget_images"]] = (r1, mp, len(recs))
+    budgets = sorted({b for v in points.values() for b in v})
+    lines = ["| row | " + " | ".join(f"{b:,} images: Rank-1 / mAP (n) | vs BoT" for b in budgets) + " |",
+             "| --- | " + " | ".join("--- | ---" for _ in budgets) + " |"]
+    for name, by_budget in points.items():
+        cells = []
+        for b in budgets:
+            if b not in by_budget:
+                cells += ["not run", ""]
+                continue
+            (r1, _), (mp, _), n = by_budget[b]
+            bot = points.get("BoT", {}).get(b)
+            diff = f"{r1 - bot[0][0]:+.2f} / {mp - bot[1][0]:+.2f}" if bot and name != "BoT" else ""
+            cells += [f"{r1:.2f} / {mp:.2f} ({n})", diff]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, (r1, mp) in floors.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r1:.2f} / {mp:.2f} | " for _ in budgets) + " |")
+    text = "\n".join(lines) + "\n"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, k, label in ((axes[0], 0, "Rank-1 (%)"), (axes[1], 1, "mAP (%)")):
+        for name, by_budget in points.items():
+            xs = sorted(by_budget)
+            ax.plot(xs, [by_budget[x][k][0] for x in xs], marker="o", label=name)
+        for name, vals in floors.items():
+            ax.axhline(vals[k], linestyle="--", color="grey", linewidth=1)
+            ax.text(budgets[0] if budgets else 1, vals[k], " " + name, fontsize=7, va="bottom", color="grey")
+        ax.set_xscale("log")
+        ax.set_xlabel("images seen by the network")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    with open(out_md, "w") as f:
+        f.write(text)
+    return text
+
+
 def update_readme(readme, name, text):
     """Replace the block between ``<!-- compare:NAME:begin -->`` and ``<!-- compare:NAME:end -->`` of
     ``readme`` with ``text``. Raises ValueError when the markers are missing."""
@@ -315,6 +374,9 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run", help="train + evaluate the rows without a result")
     p_tab = sub.add_parser("table", help="write table.md and chart.png (and a README block)")
+    p_lad = sub.add_parser("ladder", help="the budget ladder over several protocols: ladder.png and ladder.md")
+    p_lad.add_argument("--protocols", nargs="+", required=True)
+    p_lad.add_argument("--out", default="benchmarks/results/ladder_occluded_duke_cpu", help="folder to write")
     for p in (p_run, p_tab):
         p.add_argument("--protocol", required=True)
         p.add_argument("--budget-images", type=int, help="override the protocol's budget")
@@ -326,6 +388,11 @@ def main(argv=None):
                        help="run from a tree with uncommitted changes (the JSONs are marked dirty)")
     p_tab.add_argument("--readme", action="append", default=[], help="file(s) with a compare block to fill")
     args = parser.parse_args(argv)
+    if args.cmd == "ladder":
+        os.makedirs(args.out, exist_ok=True)
+        print(ladder([load_protocol(p) for p in args.protocols], os.path.join(args.out, "ladder.png"),
+                     os.path.join(args.out, "ladder.md")))
+        return
     proto = load_protocol(args.protocol)
     if args.budget_images:
         proto["budget_images"] = args.budget_images

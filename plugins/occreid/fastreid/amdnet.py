@@ -74,11 +74,18 @@ class AMDNet(nn.Module):
     """AMD-Net on a FastReID backbone.
 
     Args:
-        backbone: (B, 3, H, W) -> (B, C, h, w). feat_dim: C. num_classes: training identities.
-        num_parts: K. part_attention, sim, tff: Table 2's switches. sim_alpha, sim_kernel, tff_blocks: see
-        :mod:`occreid.layers.amdnet`. parsing_weight, parsing_sigma: Eq. 2's term. part_loss: part_soft (Eq. 12-13)
-        | hard_triplet | id (Table 2). beta_head, gamma: Eq. 12, visibility. tri_margin: M. ce_eps: label
-        smoothing of the identity CEs. test_distance: visible_parts | global.
+        backbone: (B, 3, H, W) -> (B, C, h, w).
+        feat_dim: C.
+        num_classes: training identities.
+        num_parts: K.
+        part_attention, sim, tff: Table 2's switches.
+        sim_alpha, sim_kernel, tff_blocks: see :mod:`occreid.layers.amdnet`.
+        parsing_weight, parsing_sigma: Eq. 2's term.
+        part_loss: part_soft (Eq. 12-13) | hard_triplet | id (Table 2).
+        beta_head, gamma: Eq. 12, visibility.
+        tri_margin: M.
+        ce_eps: label smoothing of the identity CEs.
+        test_distance: visible_parts | global.
     Train output: loss_cls_g, loss_cls_t, loss_cls_c (L_global^CE, Eq. 14), loss_triplet_parts (or
     loss_cls_parts), loss_part_attention (Eq. 2, when the batch has labels and parsing_weight > 0); without part
     attention loss_cls_g and loss_triplet_g. Test output: (B, 2C + K C + K) = [f_t, f_g, f_1..f_K, visibility]

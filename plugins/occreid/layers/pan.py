@@ -187,7 +187,8 @@ class PANBranches(nn.Module):
     Args:
         stem, block40, block50: the backbone cut into consecutive pieces: ``block40`` / ``block50`` are the
             last two units ("Conv40", "Conv50"; ResNet stages conv4_x / conv5_x, see projects/PAN/README.md).
-        c40, c50, and the keyword arguments: as :class:`PANHead` (sources, p, N_g, n_l, shared FC, softmax).
+        c40, c50: as :class:`PANHead`.
+        **kwargs: as :class:`PANHead` (sources, p, N_g, n_l, shared FC, softmax).
     Forward: (B, 3, H, W) -> :class:`PANHead`'s dict, plus ``fmap`` = Conv50 (B, c50, h, w).
     """
 

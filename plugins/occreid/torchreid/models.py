@@ -91,8 +91,9 @@ class FastReIDModel(nn.Module):
       engines cannot express, which raises ``NotImplementedError`` naming OccReIDEngine.
 
     Attributes:
-        cfg: the (frozen) FastReID config. ``fastreid``: the FastReID module; its ``state_dict`` is a FastReID
-        checkpoint's ``model`` (:mod:`occreid.torchreid.weights` converts both ways).
+        cfg: the (frozen) FastReID config.
+        fastreid: the FastReID module; its ``state_dict`` is a FastReID checkpoint's ``model``
+            (:mod:`occreid.torchreid.weights` converts both ways).
     """
 
     def __init__(self, cfg, loss: str = "softmax"):
