@@ -7,7 +7,7 @@
     python train_net.py --config-file CFG SOLVER.MAX_EPOCH 2  # trailing KEY VALUE overrides
 
 Runs on the CPU when no GPU is present. Ends by printing Rank-1/5/10, mAP and mINP per test set.
-Datasets are read from $FASTREID_DATASETS (see README "Datasets").
+Datasets are read from $FASTREID_DATASETS (see docs/datasets.md).
 """
 
 import json

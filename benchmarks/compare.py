@@ -400,7 +400,7 @@ def main(argv=None):
         proto["results"] = args.results
     if args.cmd == "run":
         if not os.environ.get("FASTREID_DATASETS"):
-            parser.error("set FASTREID_DATASETS to the data root (README, 'Datasets')")
+            parser.error("set FASTREID_DATASETS to the data root (docs/datasets.md)")
         run(proto, args.only, args.seeds, args.dry_run, args.allow_dirty)
     else:
         text = table(proto)

@@ -79,5 +79,5 @@ run channels_last_ignored plugins/occreid/fastreid/trainer.py '        if channe
             use_channels_last(model)' '        if False:
             use_channels_last(model)' tests/test_throughput.py -k channels_last
 run frozen_backbone_ignored plugins/occreid/fastreid/trainer.py '    inner.backbone = traced' '    pass' tests/test_throughput.py -k frozen
-run cache_reads_wrong_image plugins/occreid/fastreid/trainer.py "self.transform(self.cache[index])" "self.transform(self.cache[0])" tests/test_throughput.py -k decoded_image_cache
+run cache_reads_wrong_image plugins/occreid/fastreid/image_dataset.py "self.transform(self.cache[index])" "self.transform(self.cache[0])" tests/test_throughput.py -k decoded_image_cache
 run test_interpolation_ignored plugins/occreid/fastreid/trainer.py 't.interpolation = InterpolationMode.BILINEAR if mode == "bilinear" else InterpolationMode.BICUBIC' 'pass' tests/test_throughput.py -k interpolation

@@ -41,7 +41,7 @@ def real_osnet_features(real_data_root):
     Gallery files that are copies of query files (1,870 in Occluded-Duke, ignored by the standard
     protocol as same id + same camera) are left out: exact duplicate features make distances tie,
     and at a tie Zhong's reference code depends on the order of NumPy's unstable argsort, so no
-    other implementation can reproduce it bit for bit (README, "Re-ranking")."""
+    other implementation can reproduce it bit for bit (docs/reranking.md, "Ties")."""
     from occreid.data import parse_occluded_duke, select_identities
     from occreid.torchreid.features import build_torchreid_model, extract_features
 

@@ -22,7 +22,7 @@ PDukeMTMC      ``P-DukeMTMC-reID/{train,test}/{occluded_body_images,whole_body_i
                train = both folders of ``train``; query = ``test`` occluded (camid 0), gallery =
                ``test`` whole body (camid 1) (Zhuo et al., 2019)
 OPReID         ``OPReID/{bounding_box_train,query,bounding_box_test}/PPPP_cCCCC_*.jpg`` (our layout: the
-               release format is not available to us; see README "Datasets")
+               release format is not available to us; see docs/datasets.md)
 ============== ================================================================================
 """
 

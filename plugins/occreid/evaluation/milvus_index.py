@@ -1,4 +1,4 @@
-"""A gallery index in a Milvus collection: the same API as :class:`~occreid.evaluation.gallery.GalleryIndex`.
+"""A gallery index in a Milvus collection: the same API as :class:`~occreid.evaluation.faiss_index.GalleryIndex`.
 
 FAISS in-process (:class:`GalleryIndex`, a folder on disk) stays the default backend; this one is for
 galleries that live in a Milvus server or cluster, shared by several services and growing online
@@ -35,7 +35,8 @@ from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 
-from .gallery import GalleryIndex, IndexMismatchError, SearchResult, _normalize, check_finite, check_topk
+from .faiss_index import GalleryIndex
+from .gallery_base import IndexMismatchError, SearchResult, _normalize, check_finite, check_topk
 
 FORMAT_VERSION = 1
 DEFAULT_COLLECTION = "occreid_gallery"

@@ -74,7 +74,7 @@ class TorchReIDOSNetFC(nn.Module):
 
     def __init__(self, depth: str = "x0_25"):
         super().__init__()
-        from occreid.torchreid.compat import torchreid_modules
+        from occreid.compat import torchreid_modules
         self.body = torchreid_modules().models.build_model(f"osnet_{depth}", num_classes=1, pretrained=False)
         self.body.classifier = nn.Identity()  # the zoo's identity classifier is not part of the feature
         self.out_channels = self.body.feature_dim

@@ -402,7 +402,7 @@ def cmd_parse(args):
 
 
 def cmd_convert_checkpoint(args):
-    from occreid.torchreid.weights import convert_checkpoint
+    from occreid.fastreid.trainer import convert_checkpoint  # needs no TorchReID
     out = convert_checkpoint(args.src, args.dst, to=args.to)
     print(f"{args.src} -> {out} ({args.to} format)")
 

@@ -20,8 +20,8 @@ from PIL import Image
 from fastreid.data.data_utils import read_image
 from fastreid.data.transforms import build_transforms
 
+from .image_dataset import ReIDImageDataset
 from .resume import seeded_index
-from .trainer import ReIDImageDataset
 
 logger = logging.getLogger(__name__)
 

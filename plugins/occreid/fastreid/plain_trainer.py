@@ -8,8 +8,8 @@ both the training path (``DefaultTrainer(cfg)``) and the ``--eval-only`` path
 (``DefaultTrainer.build_model(cfg)``) of FastReID's ``tools/train_net.py`` call, so that under
 ``DefaultTrainer`` or any subclass of it that is not an ``OccReIDTrainer`` the log says, once per process
 and in one line, what of the config is ignored and what to use instead. Nothing else changes: the model,
-the data and the numbers are FastReID's. (Design choice, README "FastReID from GitHub": warn rather than
-re-route FastReID's trainer, so that the import line never changes what FastReID itself does.)
+the data and the numbers are FastReID's. (Design choice, docs/install.md, "FastReID from GitHub": warn rather
+than re-route FastReID's trainer, so that the import line never changes what FastReID itself does.)
 """
 
 import logging

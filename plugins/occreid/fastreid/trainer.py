@@ -28,7 +28,6 @@ import warnings
 import torch
 from fastreid.data import build_reid_test_loader, build_reid_train_loader
 from fastreid.data.build import _root as _fastreid_root
-from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.samplers import NaiveIdentitySampler
 from fastreid.data.transforms import build_transforms
@@ -40,7 +39,8 @@ from occreid.data.common import ReIDSplits
 from occreid.data.subset import subset_splits
 
 from .evaluator import OccReIDEvaluator
-from .resume import RNGStates, SeededIdentitySampler, SeededSampleStream, seeded_index
+from .image_dataset import CachedReIDImageDataset, ReIDImageDataset
+from .resume import RNGStates, SeededIdentitySampler, SeededSampleStream
 from .aligned import aligned_distance_from_cfg
 from .amdnet import amd_distance_from_cfg
 from .ocnet import ocnet_distance_from_cfg
@@ -188,40 +188,6 @@ def datasets_root():
     return os.getenv("FASTREID_DATASETS", _fastreid_root)
 
 
-class ReIDImageDataset(CommDataset):
-    """FastReID's ``CommDataset`` whose unreadable images raise ``RuntimeError`` naming the file."""
-
-    def __getitem__(self, index):
-        index = seeded_index(index)  # (index, SEED, rank, n) from SeededSampleStream: per-sample seeds
-        try:
-            return super().__getitem__(index)
-        except Exception as e:  # PIL / OSError / decoding errors carry no path
-            raise RuntimeError(f"cannot read image {self.img_items[index][0]}: {e}") from e
-
-
-class CachedReIDImageDataset(ReIDImageDataset):
-    """A test set read from a :class:`occreid.data.image_cache.DecodedImageCache` (``DATALOADER.CACHE_DIR``): the
-    images decoded and resized once; the transforms after the resize (to tensor) run per item. Same tensors as
-    :class:`ReIDImageDataset` with the same transforms (tests/test_throughput.py)."""
-
-    def __init__(self, img_items, transform, cache_dir):
-        from torchvision.transforms import Compose, Resize
-        from fastreid.data.data_utils import read_image
-        from occreid.data.image_cache import DecodedImageCache
-        steps = list(transform.transforms)
-        if not steps or not isinstance(steps[0], Resize):
-            raise ValueError("DATALOADER.CACHE_DIR: the test transforms must start with a resize")
-        resize, size = steps[0], steps[0].size
-        super().__init__(img_items, Compose(steps[1:]), relabel=False)
-        self.cache = DecodedImageCache([it[0] for it in img_items], tuple(size), cache_dir, read_image, resize,
-                                       repr(resize))
-
-    def __getitem__(self, index):
-        index = seeded_index(index)
-        path, pid, camid = self.img_items[index]
-        return {"images": self.transform(self.cache[index]), "targets": pid, "camids": camid, "img_paths": path}
-
-
 def unwrap_model(model):
     """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (``model`` itself otherwise)."""
     return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel,
@@ -319,6 +285,33 @@ def load_checked_weights(model, path):
                               strict=False)
         logger.info(f"Loaded the {fmt} checkpoint {path} ({len(own)} tensors checked)")
     return model
+
+
+#: key prefix of an occreid model in a TorchReID checkpoint (:class:`occreid.torchreid.models.FastReIDModel` keeps
+#: the FastReID meta-architecture as its ``fastreid`` attribute); :func:`read_state_dict` strips it
+TORCHREID_KEY_PREFIX = "fastreid."
+
+
+def convert_checkpoint(src: str, dst: str, to: str = "fastreid"):
+    """Convert a checkpoint file: ``to="fastreid"`` writes ``{"model": ...}`` (FastReID keys), ``to="torchreid"``
+    writes ``{"state_dict": ...}`` with ``fastreid.``-prefixed keys (``torchreid.utils.load_pretrained_weights``
+    and ``FastReIDModel.load_state_dict`` read it). ``src`` is read by :func:`read_state_dict` (either format).
+    Needs no TorchReID: ``occreid convert-checkpoint`` runs it; :func:`occreid.torchreid.weights.convert_checkpoint`
+    calls it.
+
+    Raises:
+        ValueError: unknown ``to``, or ``src`` holds no state dict.
+    """
+    state = read_state_dict(src)[0]
+    if to == "fastreid":
+        out = {"model": state}
+    elif to == "torchreid":
+        out = {"state_dict": {TORCHREID_KEY_PREFIX + k: v for k, v in state.items()}}
+    else:
+        raise ValueError(f"to must be 'fastreid' or 'torchreid', got {to!r}")
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    torch.save(out, dst)
+    return dst
 
 
 def occluded_splits(cfg, dataset_name, query, gallery):

@@ -1,34 +1,16 @@
 """TorchReID's two layouts: PyPI torchreid 0.2.5 (``torchreid.reid.models``, ...) and its GitHub tree
-(``torchreid.models``, ...). :func:`torchreid_modules` returns the same six modules from either."""
+(``torchreid.models``, ...). :func:`torchreid_modules` (defined in :mod:`occreid.compat`, where the FastReID glue
+finds it too) returns the same six modules from either; :func:`model_factory` and :func:`image_datasets` give
+TorchReID's registries, where :mod:`occreid.torchreid` registers occreid's models and datasets."""
 
 from __future__ import annotations
 
 import importlib
 from types import SimpleNamespace
 
+from occreid.compat import torchreid_modules
 
-def torchreid_modules() -> SimpleNamespace:
-    """``SimpleNamespace(models, data, engine, metrics, utils, optim, layout)`` of the installed TorchReID.
-
-    ``layout`` is ``"pypi"`` (``torchreid.reid.*``) or ``"github"`` (``torchreid.*``).
-
-    Raises:
-        ImportError: torchreid is not installed, or has neither layout (names what was tried); an import error
-            inside an installed torchreid (e.g. a missing dependency) is raised unchanged.
-    """
-    import importlib.util
-    try:
-        top = importlib.util.find_spec("torchreid")
-    except ImportError:
-        top = None
-    for layout, prefix in (("pypi", "torchreid.reid"), ("github", "torchreid")):
-        if top is None or importlib.util.find_spec(f"{prefix}.models") is None:
-            continue  # not this layout; an ImportError *inside* torchreid (a missing dependency) is raised as is
-        mods = {name: importlib.import_module(f"{prefix}.{name}")
-                for name in ("models", "data", "engine", "metrics", "utils", "optim")}
-        return SimpleNamespace(layout=layout, **mods)
-    raise ImportError("torchreid not found in either layout (tried torchreid.reid.models for PyPI torchreid "
-                      "0.2.5 and torchreid.models for TorchReID's GitHub tree): pip install torchreid==0.2.5")
+__all__ = ["image_datasets", "model_factory", "torchreid_modules"]
 
 
 def model_factory(tr: SimpleNamespace) -> dict:

@@ -1,7 +1,7 @@
 """occreid's benchmarks as TorchReID image datasets (``torchreid.data.register_image_dataset``).
 
 The same toolbox-free parsers as the FastReID side (:mod:`occreid.data.parsers`), the same layouts relative to
-TorchReID's ``root`` (README "Datasets"). Names for ``ImageDataManager(sources=..., targets=...)``:
+TorchReID's ``root`` (docs/datasets.md, "Adapters"). Names for ``ImageDataManager(sources=..., targets=...)``:
 
 ================================ ==========================================
 ``occluded_duke``                Occluded-Duke

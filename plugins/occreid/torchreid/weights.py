@@ -61,18 +61,11 @@ def save_fastreid_checkpoint(model, path: str):
 def convert_checkpoint(src: str, dst: str, to: str = "fastreid"):
     """Convert a checkpoint file: ``to="fastreid"`` writes ``{"model": ...}`` (FastReID keys), ``to="torchreid"``
     writes ``{"state_dict": ...}`` with ``fastreid.``-prefixed keys (``torchreid.utils.load_pretrained_weights``
-    and ``FastReIDModel.load_state_dict`` read it).
+    and ``FastReIDModel.load_state_dict`` read it). The FastReID side's
+    :func:`occreid.fastreid.trainer.convert_checkpoint`, which ``occreid convert-checkpoint`` runs without TorchReID.
 
     Raises:
         ValueError: unknown ``to``, or ``src`` holds no state dict.
     """
-    state = fastreid_state_dict(src)
-    if to == "fastreid":
-        out = {"model": state}
-    elif to == "torchreid":
-        out = {"state_dict": {PREFIX + k: v for k, v in state.items()}}
-    else:
-        raise ValueError(f"to must be 'fastreid' or 'torchreid', got {to!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    torch.save(out, dst)
-    return dst
+    from occreid.fastreid.trainer import convert_checkpoint as convert
+    return convert(src, dst, to=to)
