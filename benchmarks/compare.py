@@ -254,9 +254,11 @@ def table(proto):
             base = rows_by_name[row["eval_of"]] if "eval_of" in row else row
             train = runs.get(base["name"], [])  # an eval-only row reports its training row's budget
             seen = train[0].get("images_seen", "") if train else ""
-            steps = f"{train[0].get('iterations', '')} x {train[0].get('images_per_step', '')}" if train else ""
-            ips = fmt([r["images_per_second"] for r in train if r.get("images_per_second")]) if train else ""
-            if any(r.get("contended") for r in train):
+            steps = f"{train[0]['iterations']} x {train[0].get('images_per_step', '')}" \
+                if train and train[0].get("iterations") else ""
+            speeds = [r["images_per_second"] for r in train if r.get("images_per_second")]
+            ips = fmt(speeds) if speeds else ""   # evaluation-only rows (the floor) have no training speed
+            if speeds and any(r.get("contended") for r in train):
                 ips += " (shared cores)"   # other jobs ran beside it: not a speed
             if any(r.get("dirty") or str(r.get("commit", "")).endswith("+dirty") for r in recs):
                 name = name + " (uncommitted tree)"
