@@ -135,7 +135,9 @@ def test_finite_rows_whose_sum_overflows_are_accepted():
     g = np.zeros((3, 4), np.float32)
     assert np.isfinite(re_ranking(q / 1e30, g)).all()  # the check itself must not reject q
     from occreid.evaluation.rerank import _as_tensor
-    assert _as_tensor(q, "q").shape == (2, 4)
+    assert _as_tensor(q, "q").shape == (2, 4)   # the NaN / inf check does not reject them ...
+    with pytest.raises(ValueError, match="query_features: row 0 has a squared norm .* too large for float32"):
+        re_ranking(q, g)                          # ... but their squared distances would overflow: a clear error
     q[1, 2] = np.inf
     with pytest.raises(ValueError, match="1 of 2 rows contain NaN or inf"):
         _as_tensor(q, "q")

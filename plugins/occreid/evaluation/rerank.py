@@ -64,6 +64,18 @@ SEARCHES = ("exact", "faiss", "ivf", "hnsw")
 _MAX_SQ_NORM = float(np.finfo(np.float32).max) / 8
 
 
+def _check_magnitude(x: torch.Tensor, name: str) -> None:
+    """Raise ValueError naming the row when a row of ``x`` (n, D) is so large that squared l2 distances
+    |a|^2 + |b|^2 - 2 a.b overflow float32 (they would turn into inf / NaN and break the neighbour ranking)."""
+    norms = torch.linalg.vector_norm(x, dim=1)   # inf when the squared norm overflows float32
+    if not float(norms.max()) <= _MAX_SQ_NORM ** 0.5:
+        row = int(torch.nan_to_num(norms, posinf=float("inf")).argmax())
+        sq = float(x[row].double().pow(2).sum())
+        raise ValueError(f"{name}: row {row} has a squared norm of {sq:.3g}, too large for float32 "
+                         f"squared distances (at most {_MAX_SQ_NORM:.3g}); scale the features down (or l2-normalise "
+                         f"them, metric='cosine')")
+
+
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     """``x`` as a detached, contiguous (n, D) float32 tensor on its own device, or a clear error.
 
@@ -73,8 +85,7 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     Raises:
         TypeError: not an array / tensor, or a bool / complex / object dtype.
         ValueError: not 2-D, no rows or no columns, or NaN / inf in any row (after the float32 conversion;
-            one such row would turn every re-ranked distance into NaN): says how many rows and the first; or a row
-            so large that squared distances overflow float32 (names the row).
+            one such row would turn every re-ranked distance into NaN): says how many rows and the first.
     """
     if isinstance(x, np.ndarray):
         if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
@@ -101,13 +112,6 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
         rows = np.flatnonzero(bad)
         raise ValueError(f"{name}: {len(rows)} of {x.shape[0]} rows contain NaN or inf (as float32; first: row "
                          f"{int(rows[0])}); one such row would make every re-ranked distance NaN")
-    norms = torch.linalg.vector_norm(x, dim=1)   # inf when the squared norm overflows float32
-    if not float(norms.max()) <= _MAX_SQ_NORM ** 0.5:
-        row = int(torch.nan_to_num(norms, posinf=float("inf")).argmax())
-        sq = float(x[row].double().pow(2).sum())
-        raise ValueError(f"{name}: row {row} has a squared norm of {sq:.3g}, too large for float32 "
-                         f"squared distances (at most {_MAX_SQ_NORM:.3g}); scale the features down (or l2-normalise "
-                         f"them, metric='cosine')")
     return x
 
 
@@ -528,6 +532,8 @@ class _Reranker:
             raise ValueError(f"need k1 >= 1, k2 >= 1, 0 <= lambda_value <= 1; got {k1}, {k2}, {lambda_value}")
         q = _as_tensor(query_features, "query_features")
         g = _as_tensor(gallery_features, "gallery_features")
+        _check_magnitude(q, "query_features")   # (cosine too: an overflowing norm would normalise a row to 0)
+        _check_magnitude(g, "gallery_features")
         q_in, g_in = q, g  # as given (before normalisation): what a callable base_distance receives
         if q.shape[1] != g.shape[1]:
             raise ValueError(f"query and gallery feature sizes differ: {q.shape[1]} vs {g.shape[1]}")
