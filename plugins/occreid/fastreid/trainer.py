@@ -83,15 +83,23 @@ def is_classifier_key(key):
 CHANNELS_LAST_MODES = ("auto", "on", "off")
 
 
-def channels_last_enabled(cfg) -> bool:
-    """``MODEL.CHANNELS_LAST``: "on", "off" or "auto" (on when ``MODEL.DEVICE`` is the CPU, off on CUDA, where it
-    was not measured). Raises ValueError naming the key for another value."""
-    mode = str(cfg.MODEL.CHANNELS_LAST).lower()
+def _cpu_lever(cfg, key: str) -> bool:
+    """The value of an "auto" | "on" | "off" key (``"MODEL.CHANNELS_LAST"``, ``"TEST.FROZEN_BACKBONE"``): "auto" is on
+    when ``MODEL.DEVICE`` is the CPU and off on CUDA (not measured there). Raises ValueError naming the key."""
+    node, name = key.split(".")
+    value = cfg[node][name]
+    mode = str(value).lower()
     if mode not in CHANNELS_LAST_MODES:
-        raise ValueError(f"MODEL.CHANNELS_LAST must be one of {CHANNELS_LAST_MODES}, got {cfg.MODEL.CHANNELS_LAST!r}")
+        raise ValueError(f"{key} must be one of {CHANNELS_LAST_MODES}, got {value!r}")
     if mode == "auto":
         return not str(cfg.MODEL.DEVICE).startswith("cuda")
     return mode == "on"
+
+
+def channels_last_enabled(cfg) -> bool:
+    """``MODEL.CHANNELS_LAST``: "on", "off" or "auto" (on for the CPU, off on CUDA, where it was not measured).
+    Raises ValueError naming the key for another value."""
+    return _cpu_lever(cfg, "MODEL.CHANNELS_LAST")
 
 
 def _channels_last_input(module, args):
@@ -118,12 +126,7 @@ FROZEN_BACKBONE_MODES = CHANNELS_LAST_MODES
 def frozen_backbone_enabled(cfg) -> bool:
     """``TEST.FROZEN_BACKBONE``: "on", "off" or "auto" (on for the CPU, off on CUDA). Raises ValueError naming the
     key for another value."""
-    mode = str(cfg.TEST.FROZEN_BACKBONE).lower()
-    if mode not in FROZEN_BACKBONE_MODES:
-        raise ValueError(f"TEST.FROZEN_BACKBONE must be one of {FROZEN_BACKBONE_MODES}, got {cfg.TEST.FROZEN_BACKBONE!r}")
-    if mode == "auto":
-        return not str(cfg.MODEL.DEVICE).startswith("cuda")
-    return mode == "on"
+    return _cpu_lever(cfg, "TEST.FROZEN_BACKBONE")
 
 
 @contextlib.contextmanager
