@@ -205,6 +205,8 @@ class MilvusGalleryIndex:
             ValueError: the collection is not an occreid gallery (no ``occreid.*`` properties), has another
                 format version, or its vector field disagrees with its metadata.
             IndexMismatchError: ``expected_model_hash`` / ``expected_dim`` differ from the collection's.
+        Warns:
+            RuntimeWarning: the collection holds another number of rows than occreid recorded after its last write.
         """
         _check_name(collection)
         client = connect(uri, token)
@@ -216,6 +218,11 @@ class MilvusGalleryIndex:
         index = cls(client, uri, collection, meta["dim"], meta["metric"], meta["model_hash"], meta["info"])
         index._check(meta, expected_model_hash, expected_dim)
         client.load_collection(collection)
+        if meta.get("rows") is not None and len(index) != meta["rows"]:
+            import warnings
+            warnings.warn(f"{index.where} holds {len(index)} rows but occreid recorded {meta['rows']} after its last "
+                          f"write: rows were deleted by another client, or the collection's files are damaged "
+                          f"(rebuild it with `occreid index --overwrite` if so)", RuntimeWarning, stacklevel=2)
         return index
 
     load = open  # GalleryIndex.load's name
@@ -298,6 +305,8 @@ class MilvusGalleryIndex:
                      "pid": gi.pids[i], "camid": gi.camids[i]} for i in range(s, e)]
             self.client.insert(self.collection, rows)
         self.save()
+        # the row count after this write: open() compares it with what the collection holds
+        self.client.alter_collection_properties(self.collection, properties={PROPERTY_PREFIX + "rows": str(len(self))})
 
     def fetch(self, ids: Optional[Iterable[int]] = None) -> GalleryIndex:
         """Rows of the collection as an in-memory :class:`GalleryIndex` (same metric, model hash, info).
@@ -432,7 +441,8 @@ def _read_meta(client, uri: str, collection: str) -> dict:
         raise ValueError(f"{where}: unsupported format_version {props['format_version']!r}")
     try:
         meta = {"format_version": int(props["format_version"]), "dim": int(props["dim"]),
-                "metric": props["metric"], "model_hash": props["model_hash"], "info": json.loads(props["info"])}
+                "metric": props["metric"], "model_hash": props["model_hash"], "info": json.loads(props["info"]),
+                "rows": int(props["rows"]) if "rows" in props else None}
     except (KeyError, ValueError) as e:
         raise ValueError(f"{where}: incomplete occreid metadata ({e!r})") from e
     vec = [f for f in desc.get("fields", []) if f.get("name") == "feature"]
