@@ -40,6 +40,9 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import busy_cpu_seconds  # noqa: E402  (the same /proc/stat reading as the protocol runner)
+
 #: lever name -> config overrides; "baseline" is the configuration before the CPU-throughput change
 LEVERS = {
     "baseline": ["MODEL.CHANNELS_LAST", "off", "TEST.FROZEN_BACKBONE", "off"],
@@ -80,16 +83,6 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def busy_cpu_seconds():
-    """CPU seconds the machine has been busy since boot (/proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds():
