@@ -47,8 +47,12 @@ from compare import busy_cpu_seconds  # noqa: E402  (the same /proc/stat reading
 LEVERS = {
     "baseline": ["MODEL.CHANNELS_LAST", "off", "TEST.FROZEN_BACKBONE", "off"],
     "channels_last": ["MODEL.CHANNELS_LAST", "on", "TEST.FROZEN_BACKBONE", "off"],
-    "channels_last+frozen": ["MODEL.CHANNELS_LAST", "on", "TEST.FROZEN_BACKBONE", "on"],
+    "channels_last+frozen": ["MODEL.CHANNELS_LAST", "on", "TEST.FROZEN_BACKBONE", "on",
+                             "TEST.FROZEN_BACKBONE_ENGINE", "torchscript"],
+    "channels_last+frozen_ort": ["MODEL.CHANNELS_LAST", "on", "TEST.FROZEN_BACKBONE", "on",
+                                 "TEST.FROZEN_BACKBONE_ENGINE", "onnxruntime"],
     "channels_last+frozen+cache": ["MODEL.CHANNELS_LAST", "on", "TEST.FROZEN_BACKBONE", "on",
+                                   "TEST.FROZEN_BACKBONE_ENGINE", "torchscript",
                                    "DATALOADER.CACHE_DIR", "~/.cache/occreid/decoded"],
 
 }
@@ -259,9 +263,11 @@ def time_evaluation(cfg, eval_ids):
 
 def _test_context(cfg, model):
     """What OccReIDTrainer.test does around the evaluation: the frozen backbone when TEST.FROZEN_BACKBONE is on."""
-    from occreid.fastreid.trainer import channels_last_enabled, frozen_backbone, frozen_backbone_enabled
+    from occreid.fastreid.trainer import (channels_last_enabled, frozen_backbone, frozen_backbone_enabled,
+                                          frozen_backbone_engine)
     if frozen_backbone_enabled(cfg):
-        return frozen_backbone(model, tuple(cfg.INPUT.SIZE_TEST), channels_last_enabled(cfg))
+        return frozen_backbone(model, tuple(cfg.INPUT.SIZE_TEST), channels_last_enabled(cfg),
+                               frozen_backbone_engine(cfg))
     return contextlib.nullcontext(model)
 
 

@@ -70,21 +70,37 @@ def test_channels_last_auto_is_on_for_the_cpu_only():
         channels_last_enabled(cfg)
 
 
-@pytest.mark.parametrize("name", ["BoT", "OCNet", "SGR", "AlignedReID"])
-def test_frozen_backbone_gives_the_same_features_and_puts_the_backbone_back(name):
-    from occreid.fastreid.trainer import frozen_backbone
+@pytest.mark.parametrize("engine", ["torchscript", "onnxruntime"])
+@pytest.mark.parametrize("name", ["BoT", "OCNet", "SGR", "AlignedReID", "PAN", "AMDNet"])
+def test_frozen_backbone_gives_the_same_features_and_puts_the_backbone_back(name, engine):
+    from occreid.fastreid.trainer import OnnxRuntimeBackbone, frozen_backbone
     cfg, model = _trainer_model(CONFIGS[name])
     model.train()
     backbone = model.backbone
-    images = torch.rand(3, 3, 256, 128) * 255
+    images = torch.rand(3, 3, 256, 128) * 255   # 3 images: another batch size than the traced / exported 2
     model.eval()
     with torch.no_grad():
         ref = model({"images": images})
-        with frozen_backbone(model, (256, 128)):
-            assert isinstance(model.backbone, torch.jit.ScriptModule)
+        with frozen_backbone(model, (256, 128), engine=engine):
+            kind = torch.jit.ScriptModule if engine == "torchscript" else OnnxRuntimeBackbone
+            assert isinstance(model.backbone, kind)
             out = model({"images": images})
     assert model.backbone is backbone
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_backbone_engine_key():
+    from occreid.fastreid.trainer import frozen_backbone_engine
+    cfg = tiny_osnet_cfg(BOT)
+    assert cfg.TEST.FROZEN_BACKBONE_ENGINE == "auto" and frozen_backbone_engine(cfg) == "onnxruntime"
+    cfg.TEST.FROZEN_BACKBONE_ENGINE = "torchscript"
+    assert frozen_backbone_engine(cfg) == "torchscript"
+    cfg.TEST.FROZEN_BACKBONE_ENGINE = "onnxruntime"
+    cfg.MODEL.DEVICE = "cuda"
+    assert frozen_backbone_engine(cfg) == "torchscript"   # onnxruntime's CPU provider only
+    cfg.TEST.FROZEN_BACKBONE_ENGINE = "tensorrt"
+    with pytest.raises(ValueError, match="TEST.FROZEN_BACKBONE_ENGINE"):
+        frozen_backbone_engine(cfg)
 
 
 def test_frozen_backbone_during_training_evaluation_restores_train_mode(real_data_root, tmp_path, monkeypatch):
@@ -95,21 +111,25 @@ def test_frozen_backbone_during_training_evaluation_restores_train_mode(real_dat
     from occreid.fastreid.config import expand_config_paths
     monkeypatch.setenv("FASTREID_DATASETS", real_data_root)
     res = {}
-    for mode in ("on", "off"):
+    from occreid.fastreid.trainer import OnnxRuntimeBackbone
+    for mode in ("onnxruntime", "torchscript", "off"):
         cfg = add_occreid_config(get_cfg())
         cfg.merge_from_file(BOT)
-        cfg.merge_from_list(["DATASETS.SUBSET.TEST_IDS", 30, "DATALOADER.NUM_WORKERS", 0, "TEST.FROZEN_BACKBONE", mode,
+        cfg.merge_from_list(["DATASETS.SUBSET.TEST_IDS", 30, "DATALOADER.NUM_WORKERS", 0,
+                             "TEST.FROZEN_BACKBONE", "off" if mode == "off" else "on",
+                             "TEST.FROZEN_BACKBONE_ENGINE", "torchscript" if mode == "off" else mode,
                              "MODEL.HEADS.NUM_CLASSES", 1, "OUTPUT_DIR", str(tmp_path)])
         expand_config_paths(cfg)
         model = OccReIDTrainer.build_model(cfg).train()
         params = {k: v.clone() for k, v in model.state_dict().items()}
         r = OccReIDTrainer.test(cfg, model)
         res[mode] = r.get("OccludedDuke", r)
-        assert model.training and not isinstance(model.backbone, torch.jit.ScriptModule)
+        assert model.training and not isinstance(model.backbone, (torch.jit.ScriptModule, OnnxRuntimeBackbone))
         assert all(torch.equal(params[k], v) for k, v in model.state_dict().items() if "running" not in k
                    and "num_batches" not in k)
     for k in ("Rank-1", "mAP"):
-        assert res["on"][k] == pytest.approx(res["off"][k], abs=0.05), k
+        for mode in ("onnxruntime", "torchscript"):
+            assert res[mode][k] == pytest.approx(res["off"][k], abs=0.05), (mode, k)
 
 
 def test_test_interpolation_switch():

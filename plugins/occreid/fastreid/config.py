@@ -39,6 +39,9 @@ Keys (yacs: an unknown key in a YAML file or on the command line fails loudly):
 ``TEST.FROZEN_BACKBONE`` (``"auto"`` | ``"on"`` | ``"off"``)
     evaluate with the backbone traced, frozen and optimised for inference by TorchScript
     (:func:`occreid.fastreid.trainer.frozen_backbone`); "auto" is on for the CPU and off on CUDA.
+``TEST.FROZEN_BACKBONE_ENGINE`` (``"auto"`` | ``"onnxruntime"`` | ``"torchscript"``)
+    what runs the frozen backbone (:func:`occreid.fastreid.trainer.frozen_backbone_engine`): "auto" is onnxruntime
+    on the CPU when it is installed (2-3x TorchScript there), else TorchScript; always TorchScript on CUDA.
 ``SEED`` (int, -1)
     seed of python, numpy and torch (data order, augmentation, initialisation); -1 = a random seed
     (FastReID's behaviour). Applied by :class:`occreid.fastreid.OccReIDTrainer` and train_net.py.
@@ -83,6 +86,8 @@ def add_occreid_config(cfg):
         cfg.INPUT.TEST_INTERPOLATION = "bicubic"
     if "FROZEN_BACKBONE" not in cfg.TEST:
         cfg.TEST.FROZEN_BACKBONE = "auto"
+    if "FROZEN_BACKBONE_ENGINE" not in cfg.TEST:
+        cfg.TEST.FROZEN_BACKBONE_ENGINE = "auto"
     if "SEED" not in cfg:
         cfg.SEED = -1
     for key, value in (("MODE", "fastreid"), ("SEARCH", "exact")):

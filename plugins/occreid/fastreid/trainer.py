@@ -129,15 +129,83 @@ def frozen_backbone_enabled(cfg) -> bool:
     return _cpu_lever(cfg, "TEST.FROZEN_BACKBONE")
 
 
+FROZEN_BACKBONE_ENGINES = ("auto", "onnxruntime", "torchscript")
+
+
+def frozen_backbone_engine(cfg) -> str:
+    """``TEST.FROZEN_BACKBONE_ENGINE``: "onnxruntime" or "torchscript" for the frozen evaluation backbone. "auto" is
+    onnxruntime on the CPU when ``onnxruntime`` and ``onnx`` are installed (2-3x the TorchScript forward for OSNet
+    x0.25 there, benchmarks/results/throughput_cpu.md), else torchscript. onnxruntime runs on the CPU only: on
+    CUDA it is torchscript whatever the key says. Raises ValueError naming the key for another value."""
+    value = str(cfg.TEST.get("FROZEN_BACKBONE_ENGINE", "auto")).lower()
+    if value not in FROZEN_BACKBONE_ENGINES:
+        raise ValueError(f"TEST.FROZEN_BACKBONE_ENGINE must be one of {FROZEN_BACKBONE_ENGINES}, "
+                         f"got {cfg.TEST.FROZEN_BACKBONE_ENGINE!r}")
+    if str(cfg.MODEL.DEVICE).startswith("cuda"):
+        return "torchscript"
+    if value == "auto":
+        import importlib.util
+        have = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+        return "onnxruntime" if have else "torchscript"
+    return value
+
+
+class OnnxRuntimeBackbone(torch.nn.Module):
+    """A backbone exported to ONNX (in memory, TorchScript exporter, opset 18, dynamic batch) and run by
+    onnxruntime's CPU execution provider with ``threads`` intra-op threads: input (B, 3, H, W) float32 on the
+    CPU (any memory format), output the backbone's tensor(s), float32 CPU, the same up to float rounding (max
+    |difference| about 1e-5 for OSNet x0.25, tests/test_throughput.py). Inference only (no autograd).
+
+    Raises:
+        TypeError: the backbone's output is not a tensor or a tuple of tensors (``frozen_backbone`` then falls back
+            to TorchScript).
+    """
+
+    def __init__(self, backbone: torch.nn.Module, example: torch.Tensor, threads: int):
+        super().__init__()
+        import io
+        import onnxruntime as ort
+        with torch.no_grad():
+            out = backbone(example)
+        if isinstance(out, torch.Tensor):
+            self.n_out, self.single = 1, True
+        elif isinstance(out, (tuple, list)) and all(isinstance(o, torch.Tensor) for o in out):
+            self.n_out, self.single = len(out), False
+        else:
+            raise TypeError(f"output of type {type(out).__name__}, not a tensor or a tuple of tensors")
+        names = [f"out{i}" for i in range(self.n_out)]
+        buf = io.BytesIO()
+        with torch.no_grad():
+            torch.onnx.export(backbone, (example.contiguous(),), buf, input_names=["images"], output_names=names,
+                              dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                              opset_version=18, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, images: torch.Tensor):
+        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        out = [torch.from_numpy(o) for o in self.session.run(None, {"images": x})]
+        return out[0] if self.single else tuple(out)
+
+
 @contextlib.contextmanager
-def frozen_backbone(model, size, channels_last=True):
-    """Evaluate with ``model.backbone`` replaced by a TorchScript trace of it in eval mode, frozen (BatchNorm folded
-    into the convolutions, weights as constants) and optimised for inference (``torch.jit.freeze``,
-    ``torch.jit.optimize_for_inference``): about 2x the forward speed of OSNet on the CPU, the same features
-    up to float rounding (tests/test_throughput.py). The original backbone is put back on exit, so training
-    goes on with its own modules; the trace is made anew at every evaluation (a few seconds), from the current
-    weights. ``size`` is (H, W) of the test images. A backbone that cannot be traced (control flow on values,
-    non-tensor outputs) is evaluated as it is, with a warning."""
+def frozen_backbone(model, size, channels_last=True, engine: str = "torchscript"):
+    """Evaluate with ``model.backbone`` replaced by a frozen inference copy of it in eval mode, made from the current
+    weights, and put the original backbone back (with its training mode) on exit; training goes on with its own
+    modules. ``size`` is (H, W) of the test images. ``engine``:
+
+    - "torchscript": a TorchScript trace, frozen (BatchNorm folded into the convolutions, weights as constants) and
+      optimised for inference (``torch.jit.freeze``, ``torch.jit.optimize_for_inference``): about 1.3-1.4x the
+      channels-last forward of OSNet x0.25 on the CPU;
+    - "onnxruntime": :class:`OnnxRuntimeBackbone` (CPU only): 2-3x the TorchScript trace there.
+
+    Both give the same features up to float rounding (tests/test_throughput.py) and are made anew at every
+    evaluation (a few seconds). A backbone that cannot be exported falls back to TorchScript, one that cannot be
+    traced is evaluated as it is, each with a warning. Raises ValueError for an unknown ``engine``."""
+    if engine not in ("torchscript", "onnxruntime"):
+        raise ValueError(f"frozen_backbone: engine must be 'torchscript' or 'onnxruntime', got {engine!r}")
     inner = unwrap_model(model)
     backbone = getattr(inner, "backbone", None)
     if backbone is None:
@@ -145,21 +213,31 @@ def frozen_backbone(model, size, channels_last=True):
         return
     was_training = backbone.training
     backbone.eval()
-    try:
-        device = next(backbone.parameters()).device
-        example = torch.randn(2, 3, *size, device=device)
-        if channels_last:
-            example = example.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(backbone, example)))
-    except Exception as e:  # noqa: BLE001 - any tracing failure: evaluate the backbone as it is
-        logger.warning(f"TEST.FROZEN_BACKBONE: the backbone {type(backbone).__name__} could not be traced ({e}); "
-                       f"evaluating it unfrozen")
-        backbone.train(was_training)
-        yield model
-        return
-    inner.backbone = traced
+    device = next(backbone.parameters()).device
+    example = torch.randn(2, 3, *size, device=device)
+    frozen = None
+    if engine == "onnxruntime" and device.type == "cpu":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frozen = OnnxRuntimeBackbone(backbone, example, torch.get_num_threads())
+        except Exception as e:  # noqa: BLE001 - any export failure: TorchScript instead
+            logger.warning(f"TEST.FROZEN_BACKBONE_ENGINE onnxruntime: the backbone {type(backbone).__name__} could "
+                           f"not be exported ({type(e).__name__}: {e}); using torchscript")
+    if frozen is None:
+        try:
+            if channels_last:
+                example = example.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(backbone, example)))
+        except Exception as e:  # noqa: BLE001 - any tracing failure: evaluate the backbone as it is
+            logger.warning(f"TEST.FROZEN_BACKBONE: the backbone {type(backbone).__name__} could not be traced "
+                           f"({e}); evaluating it unfrozen")
+            backbone.train(was_training)
+            yield model
+            return
+    inner.backbone = frozen
     try:
         yield model
     finally:
@@ -587,7 +665,8 @@ class OccReIDTrainer(DefaultTrainer):
                 dist.broadcast(buf, src=0)
         rng = RNGStates()
         state = rng.state_dict()
-        frozen = frozen_backbone(model, tuple(cfg.INPUT.SIZE_TEST), channels_last_enabled(cfg)) \
+        frozen = frozen_backbone(model, tuple(cfg.INPUT.SIZE_TEST), channels_last_enabled(cfg),
+                                 frozen_backbone_engine(cfg)) \
             if frozen_backbone_enabled(cfg) else contextlib.nullcontext(model)
         try:
             with frozen:
