@@ -128,8 +128,9 @@ def _both_metrics(rows, evaluator, label, feats, config_metric=None):
 
 
 def _extract_with_neck(cfg, model, neck):
-    """Features with the head's ``neck_feat`` set to ``neck`` ("before" | "after") for this extraction."""
-    head = model.heads
+    """Features with the model's ``neck_feat`` (OCNet, PAN: on the meta-architecture) set to ``neck`` ("before" |
+    "after") for this extraction."""
+    head = model if hasattr(model, "neck_feat") else model.heads
     old = head.neck_feat
     head.neck_feat = neck
     try:
@@ -169,7 +170,7 @@ def feature_variants(cfg, model):
         for neck in ("after", "before"):
             evaluator, feats = _extract_with_neck(cfg, model, neck)
             where = "BNNeck" if neck == "after" else "pre-BN"
-            is_config = neck == model.heads.neck_feat
+            is_config = neck == (model if hasattr(model, "neck_feat") else model.heads).neck_feat
             if arch == "OCNet":
                 from occreid.fastreid.ocnet import ocnet_distance, ocnet_feature_split
                 split, alpha = ocnet_feature_split(cfg), cfg.MODEL.OCNET.ALPHA
