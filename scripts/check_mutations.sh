@@ -78,6 +78,8 @@ run aligned_local_norm_ignored plugins/occreid/fastreid/aligned.py '"local_norm"
 run channels_last_ignored plugins/occreid/fastreid/trainer.py '        if channels_last_enabled(cfg):
             use_channels_last(model)' '        if False:
             use_channels_last(model)' tests/test_throughput.py -k channels_last
-run frozen_backbone_ignored plugins/occreid/fastreid/trainer.py '    inner.backbone = traced' '    pass' tests/test_throughput.py -k frozen
+run frozen_backbone_ignored plugins/occreid/fastreid/trainer.py '    inner.backbone = frozen' '    pass' tests/test_throughput.py -k frozen
+run frozen_engine_ignored plugins/occreid/fastreid/trainer.py '    if engine == "onnxruntime" and device.type == "cpu":' '    if False:' tests/test_throughput.py -k frozen_backbone_gives
+run milvus_row_check_removed plugins/occreid/evaluation/milvus_index.py 'if meta.get("rows") is not None and len(index) != meta["rows"]:' 'if False:' tests/test_faults.py -k damaged_milvus
 run cache_reads_wrong_image plugins/occreid/fastreid/image_dataset.py "self.transform(self.cache[index])" "self.transform(self.cache[0])" tests/test_throughput.py -k decoded_image_cache
 run test_interpolation_ignored plugins/occreid/fastreid/trainer.py 't.interpolation = InterpolationMode.BILINEAR if mode == "bilinear" else InterpolationMode.BICUBIC' 'pass' tests/test_throughput.py -k interpolation

@@ -217,6 +217,9 @@ def test_damaged_milvus_lite_files_are_reported_at_open(tmp_path, damage):
     f = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     MilvusGalleryIndex.build(f, [f"/g/{i}.jpg" for i in range(40)], list(range(40)), [0] * 40, uri, "gal",
                              model_hash="m").close()
+    damaged = str(tmp_path / "damaged.db")   # a copy: milvus-lite keeps an opened path's state in the process
+    shutil.copytree(uri, damaged)
+    uri = damaged
     col = os.path.join(uri, "collections", "gal")
     if damage == "data file deleted":
         data = [os.path.join(r, x) for r, _, fs in os.walk(col) for x in fs if x.endswith(".parquet")]
@@ -239,9 +242,9 @@ def test_damaged_milvus_lite_files_are_reported_at_open(tmp_path, damage):
             return
     n = len(index)
     index.close()
-    if n != 40:
-        assert any(f"holds {n} rows but occreid recorded 40" in str(w.message) for w in caught), \
-            [str(w.message) for w in caught]
+    assert n < 40, damage            # the damage is real: rows are missing
+    assert any(f"holds {n} rows but occreid recorded 40" in str(w.message) for w in caught), \
+        [str(w.message) for w in caught]
 
 
 # ---------------------------------------------------------------------------------------- the command line
