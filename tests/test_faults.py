@@ -177,6 +177,38 @@ def test_rerank_rejects_unknown_keywords_and_overflowing_features():
     assert re_ranking(q, g, k1=5, k2=2, nprobe=4).shape == (5, 30)   # known keywords still pass
 
 
+def test_approximate_searches_refuse_sizes_where_exact_is_faster_and_bad_settings(monkeypatch):
+    """Issue 26, item 7: on the 20k-point set of benchmarks/results/knn_recall_cpu.md the IVF defaults reached recall@k
+    0.94 and were slower than exact at 0.99; ``search="ivf"`` / ``"hnsw"`` now refuse N < APPROX_MIN_POINTS, an
+    ``nlist`` larger than N is a clear error (it was a raw faiss one), and the defaults / ``hnsw_ef`` are applied."""
+    import torch
+
+    import occreid.evaluation.rerank as rr
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 16)).astype(np.float32)
+    x = (centres[rng.integers(0, 40, 600)] + 0.2 * rng.normal(size=(600, 16))).astype(np.float32)
+    q, g = x[:100], x[100:]
+    for search in ("ivf", "hnsw"):
+        for fn in (re_ranking, re_ranking_topk):
+            with pytest.raises(ValueError, match=f"search='{search}' on 600 points .* use search='exact'"):
+                fn(q, g, search=search)
+    monkeypatch.setattr(rr, "APPROX_MIN_POINTS", 500)
+    with pytest.raises(ValueError, match="nlist 601 is larger than the 600 points"):
+        re_ranking(q, g, search="ivf", nlist=601)
+    with pytest.raises(ValueError, match="nprobe must be a positive integer"):
+        re_ranking(q, g, search="ivf", nprobe=0)
+    assert rr.approximate_defaults("ivf", 600) == {"nlist": 97, "nprobe": rr.IVF_NPROBE}
+    exact = rr.exact_neighbour_pass(torch.from_numpy(x), 21).rank
+    recalls = {}
+    for search, kw in (("ivf", {}), ("ivf", {"nprobe": 97}), ("hnsw", {"hnsw_ef": 21}), ("hnsw", {"hnsw_ef": 600})):
+        got = rr.faiss_neighbour_pass(torch.from_numpy(x), 21, search=search, **kw).rank
+        recalls[search, tuple(kw.items())] = np.mean([len(np.intersect1d(a, b)) / 21 for a, b in zip(got, exact)])
+    assert recalls["ivf", (("nprobe", 97),)] == 1.0            # every cell probed: the exact neighbours
+    assert recalls["ivf", ()] < 1.0                             # the default probes 16 of 97 cells
+    assert recalls["hnsw", (("hnsw_ef", 600),)] >= recalls["hnsw", (("hnsw_ef", 21),)]
+    assert re_ranking(q, g, search="ivf", k1=5, k2=2).shape == (100, 500)
+
+
 def test_milvus_ids_never_collide_after_another_clients_delete(tmp_path):
     pytest.importorskip("pymilvus")
     from occreid.evaluation.milvus_index import MilvusGalleryIndex

@@ -288,19 +288,66 @@ def exact_neighbour_pass(feats: torch.Tensor, k: int, block: int = 2048, progres
     return NeighbourPass(best_i, np.maximum(best_d, 0.0), row_max, head)
 
 
+#: Fewest points (query + gallery) that ``search="ivf"`` / ``"hnsw"`` accept. Below it the exact pass is both exact
+#: and faster on the CPU: in ``benchmarks/results/knn_recall_cpu.md`` (k = 21, synthetic features built from real
+#: OSNet x0.25 ones) no IVF / HNSW setting reaches 0.99 recall@k faster than the exact k-NN at 20,000 points, none
+#: reaches 0.99 at all at 100,000 (best 0.979, 2.5x the exact time), and at 500,000 IVF gains 7.6x at 0.848 recall.
+APPROX_MIN_POINTS = 200_000
+#: Default IVF cells probed and HNSW ``efSearch`` (same file: at 500,000 points nprobe 16 is 7.6x faster than the
+#: exact pass at recall 0.848; each doubling of nprobe adds about 0.01-0.03 recall for about twice the time).
+IVF_NPROBE = 16
+HNSW_EF_SEARCH = 64
+
+
+def approximate_defaults(search: str, n: int, k: int = 21) -> dict:
+    """The settings ``search="ivf"`` / ``"hnsw"`` use on ``n`` points when none are given: IVF ``nlist`` = 4 sqrt(n)
+    cells, ``nprobe`` = :data:`IVF_NPROBE`; HNSW ``hnsw_m`` 32 links, ``efSearch`` = max(:data:`HNSW_EF_SEARCH`, 2k).
+    Raises ValueError for another ``search``."""
+    if search == "ivf":
+        nlist = max(1, int(4 * math.sqrt(n)))
+        return {"nlist": nlist, "nprobe": min(IVF_NPROBE, nlist)}
+    if search == "hnsw":
+        return {"hnsw_m": 32, "efSearch": max(HNSW_EF_SEARCH, 2 * k)}
+    raise ValueError(f"approximate_defaults: search must be 'ivf' or 'hnsw', got {search!r}")
+
+
+def _check_approximate(search: str, n: int, nlist, nprobe, hnsw_m, hnsw_ef) -> None:
+    """Refuse an approximate search on too few points, and settings it cannot run with (ValueError)."""
+    if search not in ("ivf", "hnsw"):
+        return
+    if n < APPROX_MIN_POINTS:
+        raise ValueError(
+            f"search={search!r} on {n:,} points (query + gallery): below {APPROX_MIN_POINTS:,} points the exact pass "
+            f"is faster than the approximate one at the recall it reaches (benchmarks/results/knn_recall_cpu.md); "
+            f"use search='exact' (or change occreid.evaluation.rerank.APPROX_MIN_POINTS)")
+    for name, value in (("nlist", nlist), ("nprobe", nprobe), ("hnsw_m", hnsw_m), ("hnsw_ef", hnsw_ef)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    if search == "ivf" and nlist is not None and nlist > n:
+        raise ValueError(f"nlist {nlist} is larger than the {n:,} points to index: an IVF index needs at least one "
+                         f"training point per cell; give nlist <= {n} or leave it None (4 sqrt(N))")
+
+
 def faiss_neighbour_pass(feats: torch.Tensor, k: int, search: str = "faiss", nlist: Optional[int] = None,
-                         nprobe: int = 16, hnsw_m: int = 32, max_sample: int = 8192, seed: int = 0) -> NeighbourPass:
+                         nprobe: Optional[int] = None, hnsw_m: int = 32, max_sample: int = 8192, seed: int = 0,
+                         hnsw_ef: Optional[int] = None) -> NeighbourPass:
     """k-NN from a FAISS index; row maxima estimated from a random sample of points.
 
     ``search``: ``"faiss"`` exact ``IndexFlatL2`` (a GPU index when faiss has GPUs and the features
-    are on CUDA), ``"ivf"`` ``IndexIVFFlat`` (``nlist`` cells, default 4 sqrt(N), ``nprobe`` probed),
-    ``"hnsw"`` ``IndexHNSWFlat`` (``hnsw_m`` links). The row maximum (Zhong's normaliser) is the exact
+    are on CUDA), ``"ivf"`` ``IndexIVFFlat`` (``nlist`` cells, default 4 sqrt(N), ``nprobe`` probed, default
+    :data:`IVF_NPROBE`), ``"hnsw"`` ``IndexHNSWFlat`` (``hnsw_m`` links, ``efSearch`` = ``hnsw_ef``, default
+    max(:data:`HNSW_EF_SEARCH`, 2k)). The row maximum (Zhong's normaliser) is the exact
     maximum over ``max_sample`` random points and the k neighbours: a lower bound of the true one, so
     normalised distances come out slightly larger (the approximation this mode documents).
+
+    Raises:
+        ValueError: ``"ivf"`` / ``"hnsw"`` on fewer than :data:`APPROX_MIN_POINTS` points (the exact pass is faster
+            there), ``nlist`` larger than N, a setting that is not a positive integer, an unknown ``search``.
     """
     import faiss
 
     n, dim = feats.shape
+    _check_approximate(search, n, nlist, nprobe, hnsw_m, hnsw_ef)
     k = min(k, n)
     on_gpu = feats.is_cuda and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     x = np.ascontiguousarray(feats.cpu().numpy(), dtype=np.float32)
@@ -316,15 +363,16 @@ def faiss_neighbour_pass(feats: torch.Tensor, k: int, search: str = "faiss", nli
                               f"falling back to the CPU index", RuntimeWarning)
                 on_gpu = False
     elif search == "ivf":
-        nlist = nlist or max(1, int(4 * math.sqrt(n)))
+        defaults = approximate_defaults("ivf", n, k)
+        nlist = nlist or defaults["nlist"]
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
         rng = np.random.default_rng(seed)
         train = x[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
         index.train(train)
-        index.nprobe = nprobe
+        index.nprobe = min(nprobe or defaults["nprobe"], nlist)
     elif search == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m)
-        index.hnsw.efSearch = max(64, 2 * k)
+        index.hnsw.efSearch = max(hnsw_ef or approximate_defaults("hnsw", n, k)["efSearch"], k)
     else:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     if not (search == "faiss" and on_gpu):
@@ -515,8 +563,9 @@ class _Reranker:
 
     def __init__(self, query_features, gallery_features, k1, k2, lambda_value, metric, mode, search,
                  block, progress, base_distance=None, device=None, backend="auto", keep_qg=False,
-                 nlist=None, nprobe=16, hnsw_m=32, max_sample=8192, seed=0):
-        search_kwargs = dict(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, max_sample=max_sample, seed=seed)
+                 nlist=None, nprobe=None, hnsw_m=32, max_sample=8192, seed=0, hnsw_ef=None):
+        search_kwargs = dict(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, max_sample=max_sample, seed=seed,
+                             hnsw_ef=hnsw_ef)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if metric not in METRICS:
@@ -636,8 +685,8 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
                lambda_value: float = 0.3, metric: str = "euclidean", mode: str = "zhong",
                search: str = "exact", base_distance: Optional[np.ndarray] = None, block: int = 2048,
                chunk: int = 1024, progress: bool = False, device: Optional[str] = None, backend: str = "auto",
-               nlist: Optional[int] = None, nprobe: int = 16, hnsw_m: int = 32, max_sample: int = 8192,
-               seed: int = 0) -> np.ndarray:
+               nlist: Optional[int] = None, nprobe: Optional[int] = None, hnsw_m: int = 32, max_sample: int = 8192,
+               seed: int = 0, hnsw_ef: Optional[int] = None) -> np.ndarray:
     """k-reciprocal re-ranked query x gallery distance (Zhong et al. CVPR 2017, Eq. 12).
 
     Args:
@@ -647,10 +696,12 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
         metric: ``"euclidean"`` (plain l2 of the features) or ``"cosine"`` (l2 of l2-normalised features).
         mode: ``"zhong"`` (equals TorchReID's dense ``re_ranking`` given the plain l2 matrices) or
             ``"fastreid"`` (equals FastReID's ``compute_jaccard_distance`` + lambda mixing).
-        search: ``"exact"`` (one blocked brute-force pass giving k-NN and exact row maxima),
-            ``"faiss"`` (exact faiss ``IndexFlatL2`` k-NN, GPU index when available; row maxima
-            estimated), ``"ivf"`` / ``"hnsw"`` (approximate faiss k-NN for very large N; row maxima
-            estimated). See :func:`faiss_neighbour_pass`.
+        search: ``"exact"`` (one blocked brute-force pass giving k-NN and exact row maxima; the fastest on the
+            CPU at every size measured), ``"faiss"`` (exact faiss ``IndexFlatL2`` k-NN, a GPU index when faiss has GPUs
+            and the features are on CUDA; row maxima estimated; on the CPU about 1.6x slower than ``"exact"``, so
+            kept for faiss-gpu), ``"ivf"`` / ``"hnsw"`` (approximate faiss k-NN, only for N >=
+            :data:`APPROX_MIN_POINTS`; recall@k 0.85-0.93 at 500k points, ``benchmarks/results/knn_recall_cpu.md``;
+            row maxima estimated). See :func:`faiss_neighbour_pass`.
         base_distance: optional (q, g) distance to mix in place of the features' own (e.g. OCNet's
             two-feature distance), or a callable ``(query_feats (m, D), gallery_feats (g, D)) -> (m, g)`` called per
             chunk of queries (no (q, g) array needed); the k-reciprocal neighbourhoods still come from the features.
@@ -662,8 +713,8 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
             there, or a GPU pass that fails, falls back to the CPU with a ``RuntimeWarning``, never an error.
         backend: ``"auto"`` (torch products on CUDA, NumPy's BLAS on the CPU), ``"torch"`` (torch everywhere: the
             GPU code path, which the tests run on the CPU), ``"numpy"``.
-        nlist, nprobe, hnsw_m, max_sample, seed: the approximate searches' settings (:func:`faiss_neighbour_pass`;
-            unused by ``search="exact"``). Any other keyword (a typo such as ``lamda_value``) is a ``TypeError``.
+        nlist, nprobe, hnsw_m, hnsw_ef, max_sample, seed: the approximate searches' settings
+            (:func:`faiss_neighbour_pass`; None: :func:`approximate_defaults`; unused by ``search="exact"``). Any other keyword (a typo such as ``lamda_value``) is a ``TypeError``.
     Returns:
         (q, g) float32 numpy array; smaller is more similar.
     Raises:
@@ -680,7 +731,7 @@ def re_ranking(query_features: ArrayLike, gallery_features: ArrayLike, k1: int =
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
                    progress, base_distance, device=device, backend=backend,
                    keep_qg=base_distance is None, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
-                   max_sample=max_sample, seed=seed)
+                   max_sample=max_sample, seed=seed, hnsw_ef=hnsw_ef)
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     # the q x g distances kept from the exact pass become the output, chunk by chunk (each chunk reads its rows first)
@@ -695,8 +746,8 @@ def re_ranking_topk(query_features: ArrayLike, gallery_features: ArrayLike, topk
                     k2: int = 6, lambda_value: float = 0.3, metric: str = "euclidean", mode: str = "zhong",
                     search: str = "exact", block: int = 2048, chunk: int = 256, progress: bool = False,
                     base_distance=None, device: Optional[str] = None, backend: str = "auto",
-                    nlist: Optional[int] = None, nprobe: int = 16, hnsw_m: int = 32, max_sample: int = 8192,
-                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+                    nlist: Optional[int] = None, nprobe: Optional[int] = None, hnsw_m: int = 32,
+                    max_sample: int = 8192, seed: int = 0, hnsw_ef: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """The ``topk`` gallery items per query under the re-ranked distance, without any (q, g) array.
 
     Same arguments as :func:`re_ranking` (``base_distance``: best a callable, so that no (q, g) array is made,
@@ -708,7 +759,7 @@ def re_ranking_topk(query_features: ArrayLike, gallery_features: ArrayLike, topk
     """
     rr = _Reranker(query_features, gallery_features, k1, k2, lambda_value, metric, mode, search, block,
                    progress, base_distance, device=device, backend=backend, nlist=nlist, nprobe=nprobe,
-                   hnsw_m=hnsw_m, max_sample=max_sample, seed=seed)
+                   hnsw_m=hnsw_m, max_sample=max_sample, seed=seed, hnsw_ef=hnsw_ef)
     topk = min(topk, rr.g)
     chunk = max(1, min(chunk, (1 << 25) // max(rr.g, 1)))  # at most ~2^25 distances per chunk
     idx = np.empty((rr.q, topk), dtype=np.int64)
