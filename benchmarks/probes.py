@@ -11,8 +11,9 @@ says, measured on real Occluded-Duke test images with a trained checkpoint.
   probability mass on person cells of its centre crop against their share of the crop's area.
 - ``pan`` (PAN Sec. 3.1-3.2): share of each part mask's positive mass on person pixels against the person's share
   of the image, and how many masks are alive (positive mass on at least 1 % of the images).
-- ``amdnet`` (AMD-Net Sec. 3.2): IoU of each part attention map (thresholded at its image's mean) with its parsing
-  part (head, arms, trunk, legs, feet).
+- ``amdnet`` (AMD-Net Sec. 3.2): IoU, over the query images' feature-map cells, of each part where the PAGB's
+  prediction (argmax over background and the K part maps) says that part with where the parsing label (majority of
+  the cell's pixels) says it (head, arms, trunk, legs, feet).
 - ``sgr``: not here: each loss term's share of the backbone gradient at the start and the end of training is
   ``benchmarks/grad_norms.py`` (without and with ``MODEL.WEIGHTS``).
 
@@ -219,10 +220,13 @@ def probe_amdnet(cfg, model, args):
         keep, parts = part_labels(labels, paths, maps.shape[2:], maps.shape[1])
         if not keep:
             continue
-        m = maps[keep]
-        pred = m > m.mean((2, 3), keepdim=True)
-        gt = parts > 0.5
-        i, u = (pred & gt).sum((0, 2, 3)).double(), (pred | gt).sum((0, 2, 3)).double()
+        m = maps[keep]                                           # part probabilities; background = 1 - their sum
+        k = m.shape[1]
+        pred = torch.cat([1 - m.sum(1, keepdim=True), m], 1).argmax(1)          # (b', h, w) in 0..K
+        gt = torch.cat([1 - parts.sum(1, keepdim=True), parts], 1).argmax(1)     # majority label of each cell
+        onehot = torch.arange(1, k + 1)[None, :, None, None]
+        pk, gk = pred[:, None] == onehot, gt[:, None] == onehot
+        i, u = (pk & gk).sum((0, 2, 3)).double(), (pk | gk).sum((0, 2, 3)).double()
         inter, union = (i, u) if inter is None else (inter + i, union + u)
         n += len(keep)
     if inter is None:

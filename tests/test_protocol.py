@@ -101,6 +101,9 @@ def test_same_seed_same_loss_curve_other_seed_other_curve(real_data_root, tmp_pa
         trainer, _, losses = train_on_real_subset(BOT_CPU, real_data_root, tmp_path / str(i), overrides=(
             "SEED", seed, "SOLVER.BUDGET_IMAGES", 128, "DATASETS.SUBSET.TEST_IDS", 5, "SOLVER.LOG_PERIOD", 1))
         assert trainer.max_iter == 4 and trainer.throughput["images_seen"] == 128
+        from fastreid.utils.events import CommonMetricPrinter   # the console ETA counts the budget's steps
+        printers = [w for h in trainer._hooks for w in getattr(h, "_writers", []) if isinstance(w, CommonMetricPrinter)]
+        assert printers and all(p._max_iter == 4 for p in printers)
         curves.append(losses)
     assert len(curves[0]) == 4 and curves[0] == curves[1]
     assert curves[0] != curves[2]

@@ -524,6 +524,16 @@ class OccReIDTrainer(DefaultTrainer):
             logger.info("MODEL.CHANNELS_LAST: the backbone runs on channels-last (NHWC) input")
         return model
 
+    def build_writers(self):
+        """FastReID's writers; with ``SOLVER.BUDGET_IMAGES`` the console printer counts the budget's steps (FastReID
+        builds it from the dataset's epoch before the budget is known, which printed a negative ETA)."""
+        from fastreid.utils.events import CommonMetricPrinter
+        writers = super().build_writers()
+        if getattr(self, "budget_iters", 0):
+            writers = [CommonMetricPrinter(self.budget_iters) if isinstance(w, CommonMetricPrinter) else w
+                       for w in writers]
+        return writers
+
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch):
         if cfg.SOLVER.BUDGET_IMAGES > 0:
