@@ -7,7 +7,8 @@ says, measured on real Occluded-Duke test images with a trained checkpoint.
   of real query / gallery images it calls occluded (every Occluded-Duke query is occluded by construction; most
   gallery images are not).
 - ``ocnet`` (OCNet Sec. 2.1-2.2): RAM's weight F_w of each horizontal part against how much of that stripe the
-  person covers (parsing labels: person = label > 0), i.e. does RAM weigh occluded parts down; and the CFM's
+  person covers (parsing labels: person = label > 0; the most and least covered thirds of the stripes, and the
+  correlation), i.e. does RAM weigh occluded parts down; and the CFM's
   probability mass on person cells of its centre crop against their share of the crop's area.
 - ``pan`` (PAN Sec. 3.1-3.2): share of each part mask's positive mass on person pixels against the person's share
   of the image, and how many masks are alive (positive mass on at least 1 % of the images).
@@ -160,16 +161,17 @@ def probe_ocnet(cfg, model, args):
     if not w_parts:
         raise SystemExit(f"ocnet: no query image has a parsing label under {args.parsing}")
     w, v = torch.cat(w_parts).flatten().numpy(), torch.cat(vis_parts).flatten().numpy()
-    visible, hidden = v >= 0.5, v < 0.2
+    lo, hi = np.quantile(v, [1 / 3, 2 / 3])            # terciles of the stripes' person coverage
+    visible, hidden = v >= hi, v <= lo
     corr = float(np.corrcoef(w, v)[0, 1])
     rows = [("images with a parsing label", f"{len(torch.cat(vis_parts))}"),
-            ("RAM weight of part stripes the person covers >= 50 % (mean, n)",
+            (f"RAM weight of the stripes the person covers most (top third, coverage >= {100 * hi:.0f} %)",
              f"{w[visible].mean():.4f} (n {visible.sum()})"),
-            ("RAM weight of part stripes the person covers < 20 % (mean, n)",
-             f"{w[hidden].mean():.4f} (n {hidden.sum()})" if hidden.any() else "no such stripe"),
+            (f"RAM weight of the stripes the person covers least (bottom third, coverage <= {100 * lo:.0f} %)",
+             f"{w[hidden].mean():.4f} (n {hidden.sum()})"),
             ("Pearson correlation of RAM weight and person coverage over (image, part)", f"{corr:+.3f}")]
-    summary = (f"RAM weight {w[visible].mean():.4f} on covered vs "
-               f"{w[hidden].mean() if hidden.any() else float('nan'):.4f} on uncovered stripes, r = {corr:+.3f}")
+    summary = (f"RAM weight {w[visible].mean():.4f} on the most vs {w[hidden].mean():.4f} on the least covered "
+               f"stripes, r = {corr:+.3f}")
     if cfm_mass:
         m, a = torch.cat(cfm_mass).mean().item(), torch.cat(cfm_area).mean().item()
         rows.append(("CFM probability mass on person cells of the centre crop vs their area share",
